@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make demo` (the whole pipeline on the embedded stack) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv demo test lint lock stack-up stack-down bench clean
+
+venv: $(VENV)/.installed
+
+# One quiet install step from the lock file, then the project itself (editable, no dependency resolution).
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	touch $@
+
+demo: venv
+	$(BIN)/tlpipe demo
+
+test: venv
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+lock: venv
+	{ echo "# Exact versions of the whole dependency tree (pip freeze of a venv built from pyproject.toml)."; \
+	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable; } > requirements.lock
+
+stack-up: venv
+	$(BIN)/tlpipe stack up
+
+stack-down: venv
+	$(BIN)/tlpipe stack down
+
+bench: venv
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The tlpipe KFP pipeline, the embedded local stack and the `tlpipe` command line."""

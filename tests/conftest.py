@@ -1,0 +1,53 @@
+"""Shared fixtures: one real embedded stack (SeaweedFS S3 + MLflow) per test session, fresh buckets, ../shared."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from components.common import s3 as s3lib
+from components.common.settings import ALL_ENV_VARS
+from pipelines.stack import Stack
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """A real S3 + MLflow stack on free 127.0.0.1 ports, its connection variables in os.environ."""
+    saved = {k: os.environ.get(k) for k in (*ALL_ENV_VARS, "TLPIPE_DATA_BUCKET")}
+    stack = Stack(tmp_path_factory.mktemp("stack"))
+    stack.up()
+    stack.apply_env(override=True)
+    yield stack
+    stack.down(grace=5)  # disposable data: no need to wait for SeaweedFS' slow graceful stop
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def s3_client(stack):
+    return s3lib.client()
+
+
+@pytest.fixture
+def bucket(s3_client):
+    """A new empty bucket for one test."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3_client.make_bucket(name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared folder beside the repository (data, weights); skips the test when absent."""
+    if not SHARED_DIR.is_dir():
+        pytest.skip(f"../shared not found at {SHARED_DIR}: the real fish photos and weights live there")
+    return SHARED_DIR
