@@ -1,6 +1,10 @@
 # Two commands on a fresh machine: `make demo` (the whole pipeline on the embedded stack) and `make test`.
 PYTHON ?= python3
 VENV   := .venv
+SHELL  := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# This machine's pip config names local index folders that may be absent; drop only those warnings.
+QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 BIN    := $(VENV)/bin
 
 .PHONY: venv demo test lint lock stack-up stack-down bench clean
@@ -10,8 +14,8 @@ venv: $(VENV)/.installed
 # One quiet install step from the lock file, then the project itself (editable, no dependency resolution).
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock
-	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
 	touch $@
 
 demo: venv

@@ -14,6 +14,8 @@ from pipelines.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
+# Subprocesses (kfp.local steps, spark-submit, the CLI) import this checkout, not another install of it.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
 
 
 @pytest.fixture(scope="session")
@@ -45,9 +47,27 @@ def bucket(s3_client):
     return name
 
 
+@pytest.fixture
+def kfp_local(tmp_path):
+    """kfp.local with the subprocess runner in this interpreter (no Docker); returns the pipeline root."""
+    from kfp import local
+
+    root = tmp_path / "pipeline-root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    return root
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder beside the repository (data, weights); skips the test when absent."""
     if not SHARED_DIR.is_dir():
         pytest.skip(f"../shared not found at {SHARED_DIR}: the real fish photos and weights live there")
     return SHARED_DIR
+
+
+@pytest.fixture
+def synthetic_examples(tmp_path) -> Path:
+    """A small `examples` artifact (3 separable classes, 32 px, 30/9/9 images) written without Spark."""
+    from components.common.synthetic import write_examples
+
+    return write_examples(tmp_path / "examples")

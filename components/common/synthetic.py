@@ -50,3 +50,34 @@ def write_dataset(
             class_image(k, num_classes, seed * 1_000_003 + i, size).save(path, format=image_format.upper())
             paths.append(path)
     return paths
+
+
+def write_examples(
+    folder: str | Path,
+    num_classes: int = 3,
+    per_split: dict[str, int] | None = None,
+    size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a synthetic `examples` artifact (DESIGN.md §3): JPEG TFRecord shards per split + schema.json."""
+    import hashlib
+    import io
+
+    from components.common import examples
+
+    per_split = per_split or {"train": 30, "val": 9, "test": 9}
+    folder = Path(folder)
+    counts = {}
+    for s, (split, n) in enumerate(per_split.items()):
+        records = []
+        for i in range(n):
+            label = i % num_classes
+            buf = io.BytesIO()
+            class_image(label, num_classes, seed * 1_000_003 + s * 100_000 + i, size).save(buf, "JPEG", quality=90)
+            data = buf.getvalue()
+            records.append(examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
+        counts[split] = examples.write_tfrecord(folder / split / examples.shard_name(0), records)
+    examples.write_schema(folder, image_size=size, channels=3, num_examples=counts,
+                          classes=[f"class_{k:02d}" for k in range(num_classes)],
+                          num_shards={split: 1 for split in per_split})
+    return folder
