@@ -6,6 +6,7 @@ pipeline run, found by its tag `kfp_run_id`; one nested child run per stage (tag
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,14 +52,27 @@ def connect(tracking_uri: str | None = None, attempts: int = 5, base_delay: floa
     return uri
 
 
+def current_kfp_run_id(explicit: str = "") -> str:
+    """The pipeline run id: `explicit` if given, else $KFP_RUN_ID, else "local".
+
+    The pipeline does not pass the run id as a step parameter (that would make every run a cache miss):
+    in the cluster it reaches the step as $KFP_RUN_ID from the pod label `pipeline/runid` (downward API);
+    `tlpipe local` sets it for its steps.
+    """
+    if explicit and explicit != "local":
+        return explicit
+    return os.environ.get("KFP_RUN_ID") or "local"
+
+
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
     """Id of the experiment `name`, created when missing."""
     exp = MlflowClient().get_experiment_by_name(name)
     return exp.experiment_id if exp else MlflowClient().create_experiment(name)
 
 
-def parent_run_id(kfp_run_id: str, experiment: str = DEFAULT_EXPERIMENT) -> str:
-    """The parent MLflow run of pipeline run `kfp_run_id`, created on first use."""
+def parent_run_id(kfp_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> str:
+    """The parent MLflow run of pipeline run `kfp_run_id` (see current_kfp_run_id), created on first use."""
+    kfp_run_id = current_kfp_run_id(kfp_run_id)
     client = MlflowClient()
     exp_id = experiment_id(experiment)
     found = client.search_runs(
@@ -83,6 +97,7 @@ def stage_run(
     tags: dict[str, str] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start the nested MLflow run of one stage under the pipeline's parent run."""
+    kfp_run_id = current_kfp_run_id(kfp_run_id)
     parent = parent_run_id(kfp_run_id, experiment)
     run_tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=stage, tags=run_tags) as run:
