@@ -189,8 +189,10 @@ def _load(stream: BinaryIO, name: str) -> collections.OrderedDict[str, np.ndarra
         storages: dict[str, _Storage] = {}
         state = RestrictedUnpickler(stream, storages).load()
         keys = RestrictedUnpickler(stream).load()
-    except (pickle.UnpicklingError, EOFError) as exc:
-        raise TorchPickleError(f"{name}: corrupt pickle stream ({exc})") from exc
+    except TorchPickleError:
+        raise
+    except Exception as exc:  # a malformed stream fails in many ways (EOFError, TypeError from a bad REDUCE, …)
+        raise TorchPickleError(f"{name}: corrupt pickle stream ({type(exc).__name__}: {exc})") from exc
     _read_storages(stream, storages, keys)
     if not isinstance(state, dict):
         raise TorchPickleError(f"{name} holds a {type(state).__name__}, expected a state dict")

