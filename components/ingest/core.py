@@ -40,7 +40,7 @@ REPORT = "ingest_report.json"
 LIST_PAGE = 1000
 # Reasons that make an object *bad* (counted against max_bad_fraction); duplicates are not bad.
 BAD_REASONS = {"empty", "not_an_image", "unsupported_format", "corrupt", "too_large", "not_in_class_folder",
-               "bad_class_folder", "conflicting_label", "vanished"}
+               "bad_class_folder", "unsafe_key", "conflicting_label", "vanished"}
 MANIFEST_SCHEMA = pa.schema([
     ("uri", pa.string()), ("label", pa.string()), ("label_index", pa.int32()), ("split", pa.string()),
     ("sha256", pa.string()), ("phash", pa.string()), ("group", pa.string()), ("bytes", pa.int64()),
@@ -214,10 +214,12 @@ def _check_object(s3: Minio, endpoint: str, bucket: str, item: Listed, max_image
 def _classify(item: Listed, prefix: str, max_object_bytes: int) -> bool:
     """Set the label from the key, or a rejection that needs no read; True if the object must be read."""
     parts = item.key[len(prefix):].split("/")
-    if len(parts) < 2:
+    if any(part in (".", "..") for part in parts):
+        item.reason, item.detail = "unsafe_key", "key has a '.' or '..' path segment (could escape a local folder)"
+    elif len(parts) < 2:
         item.reason, item.detail = "not_in_class_folder", "object directly under the prefix, not in a <class>/ folder"
-    elif parts[0] in ("", ".", ".."):
-        item.reason, item.detail = "bad_class_folder", f"class folder name {parts[0]!r} is not usable as a class"
+    elif not parts[0]:
+        item.reason, item.detail = "bad_class_folder", "empty class folder name (a '//' in the key)"
     elif item.size > max_object_bytes:
         item.reason, item.detail = "too_large", f"{item.size:,} bytes exceeds max_object_bytes={max_object_bytes:,}"
     else:

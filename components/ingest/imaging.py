@@ -1,4 +1,4 @@
-"""Checking one object's bytes: decode with Pillow, measure, hash (sha256 + flip/rotation-invariant dHash)."""
+"""Checking one object's bytes: decode with Pillow, measure, hash (sha256 + flip/rotation-invariant perceptual hash)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from PIL import Image, UnidentifiedImageError
 
 # Pillow format name -> format recorded in the manifest (MPO is the multi-picture JPEG some cameras write).
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WEBP"}
-HASH_SIDE = 8  # dHash of an 8x8 grid of horizontal gradients = 64 bits
+HASH_SIDE = 8  # 8x8 DCT coefficients = 64 bits
+THUMB = 32  # of a 32x32 grayscale thumbnail
 
 
 class RejectedObject(ValueError):
@@ -47,9 +48,9 @@ def inspect_image(data: bytes, max_image_pixels: int) -> ImageInfo:
                 raise RejectedObject("too_large", f"{width}x{height} = {width * height:,} pixels exceeds "
                                                   f"max_image_pixels={max_image_pixels:,}")
             if fmt == "JPEG":
-                img.draft("L", (4 * HASH_SIDE, 4 * HASH_SIDE))  # decode at 1/2..1/8 scale: same check, faster
+                img.draft("L", (2 * THUMB, 2 * THUMB))  # decode at 1/2..1/8 scale: same check, faster
             img.load()  # GIF: first frame
-            variants = dhash_variants(img)
+            variants = phash_variants(img)
     except RejectedObject:
         raise
     except UnidentifiedImageError:
@@ -59,28 +60,30 @@ def inspect_image(data: bytes, max_image_pixels: int) -> ImageInfo:
     return ImageInfo(sha256, fmt, width, height, min(variants), variants)
 
 
-def _thumbnail(img: Image.Image) -> np.ndarray:
-    """A (HASH_SIDE+1)² grayscale float thumbnail, rounded so that flipping it stays exact."""
-    gray = img.convert("L").convert("F").resize((HASH_SIDE + 1, HASH_SIDE + 1), Image.Resampling.BOX)
-    return np.round(np.asarray(gray, dtype=np.float64), 2)
+_k = np.arange(THUMB)
+_DCT = np.sqrt(2 / THUMB) * np.cos(np.pi * (2 * _k[None, :] + 1) * _k[:, None] / (2 * THUMB))
+_DCT[0] /= np.sqrt(2)  # orthonormal DCT-II matrix: coefficients = D @ image @ D.T
+_ODD = (-1.0) ** np.arange(HASH_SIDE)  # mirroring an axis flips the sign of its odd frequencies
 
 
-def _dhash(grid: np.ndarray) -> int:
-    bits = (grid[:HASH_SIDE, 1:] > grid[:HASH_SIDE, :-1]).ravel()
-    return int(np.packbits(bits).view(">u8")[0])
+def _bits(coefficients: np.ndarray) -> int:
+    flat = coefficients.ravel()
+    return int(np.packbits(flat > np.median(flat[1:])).view(">u8")[0])  # median without the DC term
 
 
-def dhash_variants(img: Image.Image) -> tuple[int, ...]:
-    """64-bit difference hashes of `img` under the 8 flips/90° rotations (identity first).
+def phash_variants(img: Image.Image) -> tuple[int, ...]:
+    """64-bit DCT perceptual hashes of `img` under the 8 flips/90° rotations (identity first).
 
-    The thumbnail is taken once and transformed, so a flipped or rotated copy of an image has the same
-    set of variants, hence the same canonical hash `min(variants)`.
+    Flips and rotations of the image only transpose its DCT coefficients or flip the sign of odd frequencies, so
+    the variants are computed from one thumbnail: a flipped or rotated copy of an image has the same set of
+    variants (up to rounding), and `min(variants)` is an orientation-invariant hash.
     """
-    thumb = _thumbnail(img)
+    gray = img.convert("L").convert("F").resize((THUMB, THUMB), Image.Resampling.BOX)
+    coefficients = (_DCT @ np.asarray(gray, dtype=np.float64) @ _DCT.T)[:HASH_SIDE, :HASH_SIDE]
     out = []
-    for grid in (thumb, thumb.T):
-        for k in range(4):
-            out.append(_dhash(np.rot90(grid, k)))
+    for c in (coefficients, coefficients.T):
+        for rows, cols in ((1.0, 1.0), (_ODD[:, None], 1.0), (1.0, _ODD[None, :]), (_ODD[:, None], _ODD[None, :])):
+            out.append(_bits(c * rows * cols))
     return tuple(out)
 
 
