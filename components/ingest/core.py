@@ -323,9 +323,6 @@ def _groups(accepted: list[Listed], dedupe: str, distance: int, group_pattern: s
     if group_pattern and n and unmatched == n:
         raise IngestError(f"group_pattern {group_pattern!r} matches none of the {n} accepted keys, e.g. "
                           f"{accepted[0].key!r}")
-    if unmatched:
-        log.warning("group_pattern %r does not match %d of %d keys: those are grouped by content only",
-                    group_pattern, unmatched, n)
     if dedupe == "near" and n > 1:
         canon = np.array([x.info.phash for x in accepted], dtype=np.uint64)
         unique, first, inverse = np.unique(canon, return_index=True, return_inverse=True)
@@ -377,11 +374,28 @@ def _report(root_uri, listed, accepted, rejected, classes, groups, splits, marke
         "largest_group": max(group_sizes.values(), default=0),
         "groups_with_more_than_one_image": sum(1 for n in group_sizes.values() if n > 1),
         "group_pattern_unmatched": unmatched,
+        "warnings": _warnings(group_sizes, len(accepted), unmatched, ratios),
         "ratios": ratios,
         "params": params,
         "rejected_objects": [{"uri": s3lib.join_uri(bucket, x.key), "reason": x.reason, "detail": x.detail}
                              for x in rejected],
     }
+
+
+def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, float]) -> list[str]:
+    """Signs that the split groups may not be what the user meant."""
+    out = []
+    smallest = min(r for r in ratios.values() if r > 0)
+    largest = max(group_sizes.values(), default=0)
+    if n and largest > max(1, smallest * n):
+        out.append(f"the largest split group holds {largest} of {n} images, more than the smallest split's share "
+                   f"({smallest:.0%}): near-duplicate chains or a broad group_pattern merged many images; check "
+                   f"near_duplicate_distance / group_pattern")
+    if unmatched:
+        out.append(f"group_pattern did not match {unmatched} of {n} keys: those are grouped by content only")
+    for warning in out:
+        log.warning("%s", warning)
+    return out
 
 
 def _check(report, classes, root_uri, expected_num_classes, min_images_per_class, allow_small_classes,

@@ -168,6 +168,8 @@ def test_flipped_rotated_and_same_source_images_share_one_group_and_split(s3_cli
     assert {r["group"] for r in video} == {"p:vid42"} and len({r["split"] for r in video}) == 1
     assert report["num_groups"] == len(rows) - (len(near) - 1) - 2
     assert report["group_pattern_unmatched"] == len(rows) - 3
+    assert report["warnings"] == [f"group_pattern did not match {len(rows) - 3} of {len(rows)} keys: those are "
+                                  f"grouped by content only"]
 
     off = ingest(f"s3://{bucket}/ds", tmp_path / "off", dedupe="off", max_workers=4)
     assert off.num_groups == len(rows)  # no near-duplicate grouping, no pattern: one group per image
