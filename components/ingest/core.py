@@ -387,7 +387,7 @@ def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, fl
     out = []
     smallest = min(r for r in ratios.values() if r > 0)
     largest = max(group_sizes.values(), default=0)
-    if n and largest > max(1, smallest * n):
+    if largest >= 10 and largest > smallest * n:
         out.append(f"the largest split group holds {largest} of {n} images, more than the smallest split's share "
                    f"({smallest:.0%}): near-duplicate chains or a broad group_pattern merged many images; check "
                    f"near_duplicate_distance / group_pattern")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import itertools
 import random
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from PIL import Image
 
 from components.common.synthetic import class_image
 from components.ingest import DEFAULT_NEAR_DUPLICATE_DISTANCE
+from components.ingest.core import _warnings
 from components.ingest.grouping import UnionFind, near_duplicate_pairs, pattern_ids
 from components.ingest.imaging import RejectedObject, hamming, inspect_image
 from components.ingest.split import split_groups
@@ -118,3 +120,10 @@ def test_split_is_deterministic_stratified_and_covers_every_split():
     assert split_groups(few, ratios)["a"] == "train"
     with pytest.raises(ValueError, match="must be 1"):
         split_groups(few, {"train": 0.7, "val": 0.2, "test": 0.2})
+
+
+def test_report_warns_when_one_group_swallows_more_than_the_smallest_split():
+    ratios = {"train": 0.7, "val": 0.15, "test": 0.15}
+    sizes = Counter({"big": 30, **{f"g{i}": 1 for i in range(70)}})
+    assert "largest split group holds 30 of 100 images" in _warnings(sizes, 100, 0, ratios)[0]
+    assert _warnings(Counter({f"g{i}": 2 for i in range(50)}), 100, 0, ratios) == []
