@@ -140,6 +140,8 @@ def ingest(
                           max_image_pixels=max_image_pixels, max_bad_fraction=max_bad_fraction,
                           max_object_bytes=max_object_bytes))
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (MANIFEST, CLASSES):  # a failed run must not leave an older manifest looking current
+        (out_dir / stale).unlink(missing_ok=True)
     _write_json(out_dir / REPORT, report)
     _check(report, classes, root_uri, expected_num_classes, min_images_per_class, allow_small_classes,
            max_bad_fraction, ratios)

@@ -64,11 +64,9 @@ _k = np.arange(THUMB)
 _DCT = np.sqrt(2 / THUMB) * np.cos(np.pi * (2 * _k[None, :] + 1) * _k[:, None] / (2 * THUMB))
 _DCT[0] /= np.sqrt(2)  # orthonormal DCT-II matrix: coefficients = D @ image @ D.T
 _ODD = (-1.0) ** np.arange(HASH_SIDE)  # mirroring an axis flips the sign of its odd frequencies
-
-
-def _bits(coefficients: np.ndarray) -> int:
-    flat = coefficients.ravel()
-    return int(np.packbits(flat > np.median(flat[1:])).view(">u8")[0])  # median without the DC term
+# Sign patterns of the 4 mirror combinations (none, rows, columns, both), applied to the coefficients and their
+# transpose: the 8 flips/90° rotations.
+_MIRRORS = np.stack([np.outer(r, c) for r in (np.ones(HASH_SIDE), _ODD) for c in (np.ones(HASH_SIDE), _ODD)])
 
 
 def phash_variants(img: Image.Image) -> tuple[int, ...]:
@@ -76,15 +74,14 @@ def phash_variants(img: Image.Image) -> tuple[int, ...]:
 
     Flips and rotations of the image only transpose its DCT coefficients or flip the sign of odd frequencies, so
     the variants are computed from one thumbnail: a flipped or rotated copy of an image has the same set of
-    variants (up to rounding), and `min(variants)` is an orientation-invariant hash.
+    variants (up to rounding), and `min(variants)` is an orientation-invariant hash. A bit is set where the
+    coefficient exceeds the median of the 63 non-DC coefficients.
     """
     gray = img.convert("L").convert("F").resize((THUMB, THUMB), Image.Resampling.BOX)
-    coefficients = (_DCT @ np.asarray(gray, dtype=np.float64) @ _DCT.T)[:HASH_SIDE, :HASH_SIDE]
-    out = []
-    for c in (coefficients, coefficients.T):
-        for rows, cols in ((1.0, 1.0), (_ODD[:, None], 1.0), (1.0, _ODD[None, :]), (_ODD[:, None], _ODD[None, :])):
-            out.append(_bits(c * rows * cols))
-    return tuple(out)
+    c = (_DCT @ np.asarray(gray, dtype=np.float64) @ _DCT.T)[:HASH_SIDE, :HASH_SIDE]
+    variants = np.concatenate([c * _MIRRORS, c.T * _MIRRORS]).reshape(8, -1)
+    bits = variants > np.median(variants[:, 1:], axis=1, keepdims=True)
+    return tuple(int(h) for h in np.packbits(bits, axis=1).view(">u8").ravel())
 
 
 def hamming(a: int, b: int) -> int:

@@ -52,15 +52,15 @@ def _stored_sha256(s3: Minio, bucket: str, key: str, endpoint: str) -> str | Non
     return stat.metadata.get(f"x-amz-meta-{SHA_META}")
 
 
-def _upload_one(s3: Minio, path: Path, bucket: str, key: str, endpoint: str) -> int:
-    """Upload `path` unless the same content is already at `key`; returns the bytes sent (0 when skipped)."""
+def _upload_one(s3: Minio, path: Path, bucket: str, key: str, endpoint: str) -> int | None:
+    """Upload `path` unless the same content is already at `key`; returns the bytes sent, None when skipped."""
     sha = file_sha256(path)
     if _stored_sha256(s3, bucket, key, endpoint) == sha:
-        return 0
+        return None
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     s3lib.retry(lambda: s3.fput_object(bucket, key, str(path), content_type=content_type, metadata={SHA_META: sha}),
                 what=f"upload s3://{bucket}/{key}", endpoint=endpoint, bucket=bucket)
-    return path.stat().st_size or 1  # a zero-byte file still counts as uploaded
+    return path.stat().st_size
 
 
 def upload_folder(folder: str | os.PathLike, uri: str, max_workers: int = 16,
@@ -94,7 +94,10 @@ def upload_folder(folder: str | os.PathLike, uri: str, max_workers: int = 16,
     started = last_log = time.monotonic()
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="upload") as pool:
         for done, size in enumerate(pool.map(lambda f: _upload_one(s3, f[0], bucket, f[1], endpoint), files), 1):
-            uploaded, skipped, sent = uploaded + (size > 0), skipped + (size == 0), sent + size
+            if size is None:
+                skipped += 1
+            else:
+                uploaded, sent = uploaded + 1, sent + size
             if time.monotonic() - last_log > 5 or done == len(files):
                 last_log = time.monotonic()
                 log.info("%d/%d files: %d uploaded (%.1f MB), %d already there (%.0f files/s)", done, len(files),

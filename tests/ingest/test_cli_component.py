@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from components.common.s3 import S3AccessError
 from components.common.synthetic import write_dataset
 from pipelines.cli import main
 from pipelines.settings import ImageSettings
@@ -34,6 +35,9 @@ def test_upload_is_resumable_and_ingest_cli_writes_the_manifest(stack, bucket, t
     files[0].write_bytes(files[1].read_bytes())  # and a duplicate: uploaded, then dropped by ingest
     assert main(["data", "upload", str(folder), uri]) == 0
     assert "15 uploaded" in capsys.readouterr().out
+
+    with pytest.raises(S3AccessError, match="bucket 'no-such-bucket-y' does not exist"):
+        main(["data", "upload", str(folder), "s3://no-such-bucket-y/x"])
 
     out = tmp_path / "manifest"
     assert main(["ingest", uri, "--out", str(out), "--workers", "4", "--expected-num-classes", "3"]) == 0

@@ -102,11 +102,12 @@ def test_keys_that_could_escape_a_folder_are_rejected_unread(key, reason):
 
 def test_too_many_bad_objects_fail_and_the_report_names_them(messy, tmp_path):
     uri, _, bad = messy
+    ingest(uri, tmp_path, max_image_pixels=PIXELS, max_bad_fraction=0.5, max_workers=4)  # an earlier, lenient run
     with pytest.raises(IngestError, match=r"objects under .* are bad .* > max_bad_fraction=5.0%.*truncated.jpg"):
         ingest(uri, tmp_path, max_image_pixels=PIXELS, max_workers=4)
     report = json.loads((tmp_path / "ingest_report.json").read_text())
     assert len(report["rejected_objects"]) == len(bad)
-    assert not (tmp_path / "manifest.parquet").exists()
+    assert not (tmp_path / "manifest.parquet").exists() and not (tmp_path / "classes.json").exists()
 
 
 def test_split_is_identical_across_runs_and_upload_orders(s3_client, bucket, tmp_path):
