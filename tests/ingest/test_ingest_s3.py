@@ -13,6 +13,7 @@ from PIL import Image
 
 from components.common import s3 as s3lib
 from components.common.settings import S3Settings
+from components.ingest import core
 from components.ingest.core import IngestError, Listed, _classify, ingest
 from tests.ingest.helpers import FaultyProxy, flipped, image_bytes, put, put_dataset
 
@@ -130,7 +131,8 @@ def test_split_is_identical_across_runs_and_upload_orders(s3_client, bucket, tmp
 
 
 def test_result_through_a_server_failing_one_request_in_five_equals_the_fault_free_run(
-        s3_client, bucket, tmp_path, stack):
+        s3_client, bucket, tmp_path, stack, monkeypatch):
+    monkeypatch.setattr(core, "LIST_PAGE", 4)  # many listing pages, each one a request that may fail
     put_dataset(s3_client, bucket, "ds", per_class=10)
     put(s3_client, bucket, "ds/class_0/broken.jpg", image_bytes(0, 999, "JPEG")[:300])
     clean = ingest(f"s3://{bucket}/ds", tmp_path / "clean", max_workers=4, max_bad_fraction=0.2)
