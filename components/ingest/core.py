@@ -206,6 +206,7 @@ def _check_object(s3: Minio, endpoint: str, bucket: str, item: Listed, max_image
             raise
         item.reason, item.detail = "vanished", "listed but gone when read (deleted during ingest?)"
         return item
+    item.size = len(data)  # the bytes actually hashed, even if the object was replaced after listing
     try:
         item.info = inspect_image(data, max_image_pixels)
     except RejectedObject as exc:
@@ -233,8 +234,9 @@ def _classify(item: Listed, prefix: str, max_object_bytes: int) -> bool:
 def _read_all(s3: Minio, endpoint: str, bucket: str, prefix: str, max_workers: int, max_object_bytes: int,
               max_image_pixels: int) -> tuple[list[Listed], int]:
     """Stream the listing into a bounded pool that reads and checks each object; returns (items, folder markers)."""
-    s3lib.retry(lambda: s3.bucket_exists(bucket) or _no_bucket(endpoint, bucket), what=f"check bucket {bucket}",
-                endpoint=endpoint, bucket=bucket)
+    if not s3lib.retry(lambda: s3.bucket_exists(bucket), what=f"check bucket {bucket}", endpoint=endpoint,
+                       bucket=bucket):
+        raise s3lib.S3AccessError(f"S3 at {endpoint} refused bucket {bucket!r}: bucket does not exist (NoSuchBucket)")
     items: list[Listed] = []
     markers = 0
     pending: set[Future] = set()
@@ -275,10 +277,6 @@ def _read_all(s3: Minio, endpoint: str, bucket: str, prefix: str, max_workers: i
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit
     return items, markers
-
-
-def _no_bucket(endpoint: str, bucket: str) -> bool:
-    raise s3lib.S3AccessError(f"S3 at {endpoint} refused bucket {bucket!r}: bucket does not exist (NoSuchBucket)")
 
 
 # ----- deduplication and groups ------------------------------------------------------------------

@@ -205,3 +205,10 @@ def test_clear_errors_for_unusable_datasets(s3_client, bucket, tmp_path, stack):
     with pytest.raises(s3lib.S3AccessError, match=rf"S3 at {settings.endpoint_url} refused bucket '{bucket}'") as err:
         ingest(f"s3://{bucket}/two", tmp_path, settings=wrong)
     assert settings.secret_key not in str(err.value)
+
+
+def test_an_object_deleted_after_listing_is_reported_as_vanished(s3_client, bucket, stack):
+    item = Listed("ds/class_a/gone.png", 100, label="class_a")
+    settings = S3Settings.from_env()
+    assert core._check_object(s3_client, settings.endpoint_url, bucket, item, PIXELS) is item
+    assert (item.reason, item.info) == ("vanished", None)
