@@ -12,6 +12,7 @@ COMMAND_MODULES = (
     "pipelines.stack",
     "pipelines.demo",
     "components.train.weights_import",
+    "components.ingest.cli",
 )
 
 

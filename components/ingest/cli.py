@@ -1,0 +1,74 @@
+"""`tlpipe ingest` (build the manifest of an S3 image dataset) and `tlpipe data upload` (put a folder into S3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from components.ingest import DEDUPE_MODES, DEFAULT_NEAR_DUPLICATE_DISTANCE
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from components.ingest.core import ingest
+
+    result = ingest(
+        args.data_uri, args.out, train_ratio=args.train_ratio, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
+        dedupe=args.dedupe, near_duplicate_distance=args.near_duplicate_distance, group_pattern=args.group_pattern,
+        expected_num_classes=args.expected_num_classes, min_images_per_class=args.min_images_per_class,
+        allow_small_classes=args.allow_small_classes, max_image_pixels=args.max_image_pixels,
+        max_bad_fraction=args.max_bad_fraction, max_workers=args.workers,
+    )
+    print(json.dumps({"out": str(result.out_dir), "num_images": result.num_images, "classes": result.classes,
+                      "num_groups": result.num_groups, "per_split": result.split_counts,
+                      "rejected": result.report["rejected"], "manifest_sha256": result.manifest_sha256}, indent=2))
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from components.ingest.upload import upload_folder
+
+    result = upload_folder(args.folder, args.uri, max_workers=args.workers)
+    print(f"{result.uploaded} uploaded ({result.bytes_uploaded / 1e6:.1f} MB), {result.skipped} already there "
+          f"with the same sha256, {result.hidden_ignored} hidden files ignored")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """`tlpipe ingest S3_URI --out DIR` and `tlpipe data upload FOLDER S3_URI`."""
+    p = sub.add_parser(
+        "ingest", help="validate, deduplicate, group and split an S3 class-folder image dataset into a manifest",
+        description="List s3://bucket/prefix/<class>/.../<image>, decode and hash every object, group copies and "
+                    "near-duplicates, split per group, and write manifest.parquet, classes.json and "
+                    "ingest_report.json to --out. Connection from S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY, AWS_REGION.")
+    p.add_argument("data_uri", help="s3://bucket/prefix holding one folder per class")
+    p.add_argument("--out", required=True, help="local folder for the manifest artifact")
+    p.add_argument("--train-ratio", type=float, default=0.7)
+    p.add_argument("--val-ratio", type=float, default=0.15)
+    p.add_argument("--test-ratio", type=float, default=0.15)
+    p.add_argument("--dedupe", choices=DEDUPE_MODES, default="near",
+                   help="off: keep copies; exact: drop byte-identical copies; near: also group near-duplicates")
+    p.add_argument("--near-duplicate-distance", type=int, default=DEFAULT_NEAR_DUPLICATE_DISTANCE,
+                   help="max Hamming distance (bits of 64) between perceptual hashes of near-duplicates")
+    p.add_argument("--group-pattern", default="",
+                   help=r"regex on the key whose first group names the source, e.g. '([^/]+)_fish\d+_frame\d+\.png$'")
+    p.add_argument("--expected-num-classes", type=int, default=0, help="fail unless this many classes (0: any)")
+    p.add_argument("--min-images-per-class", type=int, default=1)
+    p.add_argument("--allow-small-classes", action="store_true",
+                   help="accept classes too small to put an image in every split")
+    p.add_argument("--max-image-pixels", type=int, default=89_478_485, help="reject larger images (bombs)")
+    p.add_argument("--max-bad-fraction", type=float, default=0.05,
+                   help="fail when more than this fraction of objects is unusable")
+    p.add_argument("--workers", type=int, default=16, help="parallel reads (connection pool size)")
+    p.set_defaults(func=_cmd_ingest)
+
+    data = sub.add_parser("data", help="dataset helpers: upload a class-folder dataset to S3")
+    actions = data.add_subparsers(dest="action", required=True)
+    up = actions.add_parser(
+        "upload", help="upload a folder to s3://bucket/prefix in parallel, skipping files already there",
+        description="Upload every file under FOLDER (relative paths become keys). Resumable: an object already "
+                    "stored with the same sha256 (object metadata) is skipped.")
+    up.add_argument("folder", help="local folder, e.g. ./data with one sub-folder per class")
+    up.add_argument("uri", help="destination s3://bucket/prefix (the bucket must exist)")
+    up.add_argument("--workers", type=int, default=16, help="parallel uploads")
+    up.set_defaults(func=_cmd_upload)
