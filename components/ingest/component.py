@@ -18,9 +18,14 @@ def ingest_op(
     max_image_pixels: int = 89_478_485,
     max_bad_fraction: float = 0.05,
     max_workers: int = 16,
+    listing_fingerprint: str = "",
 ) -> int:
     """Validate, deduplicate, group and split the class-folder images under `data_uri` into `manifest`
-    (manifest.parquet, classes.json, ingest_report.json); returns the number of classes."""
+    (manifest.parquet, classes.json, ingest_report.json); returns the number of classes.
+
+    `listing_fingerprint` (from listing_fingerprint_op) is not used by the work itself: it makes the step's
+    cache key change whenever the objects under `data_uri` change, so a cached manifest is never stale.
+    """
     from components.ingest.core import ingest
 
     result = ingest(
@@ -39,5 +44,13 @@ def ingest_op(
         "num_groups": result.num_groups,
         "num_rejected": result.report["rejected"],
         "manifest_sha256": result.manifest_sha256,
+        "listing_fingerprint": listing_fingerprint,
     })
     return len(result.classes)
+
+
+def listing_fingerprint_op(data_uri: str) -> str:
+    """`<count>:<sha256>` of the (key, ETag, size) listing under `data_uri`; run uncached, it keys ingest's cache."""
+    from components.ingest.fingerprint import listing_fingerprint
+
+    return listing_fingerprint(data_uri)
