@@ -23,7 +23,8 @@ def best_model_dir(tmp_path, model_factory, model, name, session_examples, stage
 
 @pytest.fixture(scope="module")
 def lifecycle(stack, tmp_path_factory, model_factory, trained, session_examples, manifest_dir):
-    """Four registrations of one name: a constant model, a worse one, a better one, the better one again."""
+    """Registrations of one name: a constant model, a worse one, a better one under min_improvement=0.99,
+    the better one with the default gate (reusing its version), and the same inputs once more."""
     from components.register import core
 
     tmp = tmp_path_factory.mktemp("lifecycle")
@@ -35,10 +36,12 @@ def lifecycle(stack, tmp_path_factory, model_factory, trained, session_examples,
                                    session_examples),
             "better": best_model_dir(tmp, model_factory, model, "better", session_examples)}
     results = {}
-    for step, key in (("first", "constant"), ("worse", "worse"), ("better", "better"), ("again", "better")):
+    steps = (("first", "constant", 0.0), ("worse", "worse", 0.0), ("not_enough", "better", 0.99),
+             ("better", "better", 0.0), ("again", "better", 0.0))
+    for step, key, min_improvement in steps:
         results[step] = core.register(dirs[key], session_examples, manifest_dir, registered_model_name=name,
-                                      kfp_run_id=f"run-{name}", metadata={"backbone": "tiny", "image_size": 32},
-                                      latency_repeats=5)
+                                      min_improvement=min_improvement, kfp_run_id=f"run-{name}",
+                                      metadata={"backbone": "tiny", "image_size": 32}, latency_repeats=5)
     return name, results
 
 
@@ -62,12 +65,20 @@ def test_worse_model_stays_challenger_with_both_scores_in_description(lifecycle)
     assert f"{worse.champion_score:.4f}" in description
 
 
+def test_min_improvement_holds_back_a_smaller_gain(lifecycle):
+    _, results = lifecycle
+    held = results["not_enough"]
+    assert not held.promoted and held.model_version == "3" and held.champion_version == "1"
+    assert 0 < held.new_score - held.champion_score < 0.99 and "kept champion version 1" in held.decision
+
+
 def test_better_model_replaces_champion_and_rerun_reuses_the_version(lifecycle):
     from mlflow.tracking import MlflowClient
 
     name, results = lifecycle
     better, again = results["better"], results["again"]
     assert better.promoted and better.model_version == "3" and better.champion_version == "1"
+    assert better.reused_version and "promoted" in better.decision
     assert better.new_score > 0.8 and better.new_score > better.champion_score
     assert again.model_version == "3" and again.reused_version and "already the champion" in again.decision
     client = MlflowClient()
@@ -165,19 +176,3 @@ def test_unloadable_champion_blocks_promotion_unless_forced(stack, tmp_path, mod
                            force_promote=True, latency_repeats=2)
     assert forced.promoted and forced.model_version == refused.model_version
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == forced.model_version
-
-
-def test_min_improvement_is_respected(stack, tmp_path, model_factory, trained, session_examples, manifest_dir):
-    from mlflow.tracking import MlflowClient
-
-    from components.register import core
-
-    name = f"fish-{uuid.uuid4().hex[:8]}"
-    model = trained[0]
-    weak = best_model_dir(tmp_path, model_factory, model_factory.constant_model(model, 1), "weak", session_examples)
-    good = best_model_dir(tmp_path, model_factory, model, "good", session_examples)
-    core.register(weak, session_examples, manifest_dir, registered_model_name=name, latency_repeats=2)
-    kept = core.register(good, session_examples, manifest_dir, registered_model_name=name, min_improvement=0.99,
-                         latency_repeats=2)
-    assert not kept.promoted and kept.new_score - kept.champion_score < 0.99
-    assert MlflowClient().get_model_version_by_alias(name, "champion").version == "1"
