@@ -53,7 +53,8 @@ def curves_figure(histories: dict[str, dict]) -> str | None:
     if not histories:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(2, len(histories), figsize=(4 * len(histories), 6), squeeze=False, sharey="row")
+    fig, axes = plt.subplots(2, len(histories), figsize=(4 * len(histories), 6), squeeze=False, sharey="row",
+                             layout="constrained")
     for col, (stage, history) in enumerate(histories.items()):
         for row, (train_key, val_key, title) in enumerate(
                 [("accuracy", "val_accuracy", "accuracy"), ("loss", "val_loss", "loss")]):

@@ -192,7 +192,7 @@ def _log_and_register(client, name, model, model_path, best_model_dir, images, l
     tags = {"kfp_run_id": kfp_run_id, "manifest_sha256": manifest_hash, registry.CONTENT_HASH_TAG: content_hash,
             "model_sha256": sha256_file(model_path), "stage": str(stage),
             "backbone": str(metadata.get("backbone", "unknown")),
-            "image_size": str(metadata.get("image_size", images.shape[1])),
+            "image_size": str(int(float(metadata.get("image_size") or images.shape[1]))),
             "classes": ",".join(evaluation.get("classes", [])) or str(probs.shape[1]),
             **run_ids, **{k: f"{v:.6f}" for k, v in scalar.items()}}
     with mlflow_utils.stage_run("register", kfp_run_id=kfp_run_id, experiment=experiment,
