@@ -38,8 +38,8 @@ def registry_errors(action: str, name: str) -> Iterator[None]:
             import mlflow
 
             raise RegistryPermissionError(
-                f"MLflow at {mlflow.get_tracking_uri()} refused to {action} for registered model {name!r} "
-                f"({exc.error_code}); the identity in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_TOKEN needs "
+                f"MLflow at {mlflow.get_tracking_uri()} refused to {action} (registered model {name!r}, "
+                f"{exc.error_code}); the identity in MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_TOKEN needs "
                 f"EDIT (or MANAGE for aliases) permission on it") from exc
         raise
 

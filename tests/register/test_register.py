@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -176,3 +178,44 @@ def test_unloadable_champion_blocks_promotion_unless_forced(stack, tmp_path, mod
                            force_promote=True, latency_repeats=2)
     assert forced.promoted and forced.model_version == refused.model_version
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == forced.model_version
+
+
+class _DenyingMlflow(BaseHTTPRequestHandler):
+    """Answers like an MLflow server behind its basic-auth app for an identity without permissions."""
+
+    def _answer(self):
+        ok = self.path.startswith("/health")
+        body = b"OK" if ok else b"Permission denied"
+        self.send_response(200 if ok else 403)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PATCH = do_DELETE = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_registry_permission_denied_names_the_action_and_model(tmp_path, monkeypatch, model_factory, trained,
+                                                               session_examples, manifest_dir):
+    import mlflow
+
+    from components.register import core
+    from components.register.registry import RegistryPermissionError
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _DenyingMlflow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    previous_uri = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_port}")
+    folder = model_factory.save_artifact(trained[0], tmp_path / "model", CLASSES)
+    try:
+        with pytest.raises(RegistryPermissionError, match=r"refused to read the registered model \(registered "
+                                                          r"model 'fish-denied', PERMISSION_DENIED\)"):
+            core.register(folder, session_examples, manifest_dir, registered_model_name="fish-denied")
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+        server.shutdown()
+        server.server_close()
+        thread.join()
