@@ -219,3 +219,17 @@ def test_registry_permission_denied_names_the_action_and_model(tmp_path, monkeyp
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_models_cli_reports_unreachable_mlflow_after_retries(monkeypatch, capsys):
+    import socket
+
+    from pipelines.cli import main
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    assert main(["models", "list"]) == 1
+    err = capsys.readouterr().err
+    assert f"http://127.0.0.1:{port} is unreachable after 3 attempts" in err
