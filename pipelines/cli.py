@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "pipelines.demo",
     "components.train.weights_import",
     "components.ingest.cli",
+    "components.register.cli",
 )
 
 

@@ -1,0 +1,54 @@
+"""KFP adapter of evaluate/compare (DESIGN.md §5). The pipeline wraps `evaluate_op` with dsl.component."""
+
+from typing import NamedTuple
+
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+
+def evaluate_op(
+    examples: Input[Dataset],
+    frozen_model: Input[Model],
+    finetuned_model: Input[Model],
+    scratch_model: Input[Model],
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[HTML],
+    best_model: Output[Model],
+    selection_metric: str = "accuracy",
+    top_k: int = 3,
+    experiment: str = "fish-classification",
+    kfp_run_id: str = "local",
+    latency_repeats: int = 20,
+) -> NamedTuple("EvaluateOutputs", [("best_stage", str), ("best_score", float), ("explanation", str)]):
+    """Score the frozen, fine-tuned and scratch models on the test split; report, log to MLflow, pass on the best."""
+    import shutil
+    import tempfile
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.evaluate import core
+
+    inputs = {"frozen": frozen_model, "finetuned": finetuned_model, "scratch": scratch_model}
+    model_dirs = {stage: artifact.path for stage, artifact in inputs.items()}
+    work = Path(tempfile.mkdtemp(prefix="evaluate-"))
+    result = core.evaluate(examples.path, model_dirs, work, selection_metric=selection_metric, top_k=top_k,
+                           metadata={stage: dict(a.metadata) for stage, a in inputs.items()},
+                           latency_repeats=latency_repeats)
+    core.log_to_mlflow(result, work, kfp_run_id=kfp_run_id, experiment=experiment)
+
+    for name, value in core.flat_metrics(result).items():
+        metrics.log_metric(name, value)
+    best = result["best_stage"]
+    confusion_matrix.log_confusion_matrix(result["classes"], result["candidates"][best]["metrics"]["confusion_matrix"])
+    confusion_matrix.metadata["model"] = best
+    shutil.copyfile(work / core.REPORT_FILE, report.path)
+
+    core.copy_best(result, model_dirs, best_model.path)
+    best_metrics = result["candidates"][best]["metrics"]
+    best_model.metadata.update({k: v for k, v in inputs[best].metadata.items()})
+    best_model.metadata.update({"stage": best, "test_accuracy": best_metrics["accuracy"],
+                                "test_macro_f1": best_metrics["macro_f1"],
+                                "selection_metric": selection_metric, "best_score": result["best_score"],
+                                "evaluate_mlflow_run_id": result["mlflow_run_id"]})
+    outputs = namedtuple("EvaluateOutputs", ["best_stage", "best_score", "explanation"])
+    return outputs(best, float(result["best_score"]), result["explanation"])

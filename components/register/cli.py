@@ -1,0 +1,133 @@
+"""`tlpipe models list|show|promote|rollback`: the MLflow model registry for people at a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+DEFAULT_NAME = "fish-classifier"
+
+
+def _client():
+    from mlflow.tracking import MlflowClient
+
+    from components.common import mlflow_utils
+
+    mlflow_utils.connect(attempts=3)
+    return MlflowClient()
+
+
+def _aliases_by_version(model) -> dict[str, list[str]]:
+    by_version: dict[str, list[str]] = {}
+    for alias, version in (model.aliases or {}).items():
+        by_version.setdefault(str(version), []).append(alias)
+    return by_version
+
+
+def _version_info(client, name: str, ref: str) -> dict:
+    """A version (number or @alias) as a plain dict."""
+    from components.register import registry
+
+    with registry.registry_errors("read the model version", name):
+        mv = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
+              else client.get_model_version(name, ref))
+        model = client.get_registered_model(name)
+    return {"name": name, "version": mv.version, "aliases": _aliases_by_version(model).get(mv.version, []),
+            "created": mv.creation_timestamp, "run_id": mv.run_id, "source": mv.source, "status": mv.status,
+            "description": mv.description or "", "tags": dict(mv.tags)}
+
+
+def list_models(args: argparse.Namespace) -> int:
+    """Registered models (no name) or the versions of one model, newest first."""
+    from components.common.log import get_logger
+
+    client = _client()
+    if not args.name:
+        for model in client.search_registered_models():
+            aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((model.aliases or {}).items()))
+            print(f"{model.name:<30} {aliases or '(no aliases)'}")
+        return 0
+    model = client.get_registered_model(args.name)
+    aliases = _aliases_by_version(model)
+    versions = sorted(client.search_model_versions(f"name = '{args.name}'"), key=lambda v: -int(v.version))
+    print(f"{'version':<8} {'aliases':<22} {'stage':<10} {'test_acc':<9} decision")
+    for v in versions:
+        decision = (v.description or "").replace("\n", " ")
+        print(f"{v.version:<8} {','.join(sorted(aliases.get(v.version, []))) or '-':<22} "
+              f"{v.tags.get('stage', '-'):<10} {v.tags.get('test_accuracy', '-')[:7]:<9} {decision[:100]}")
+    get_logger("models").info("%d version(s) of %s", len(versions), args.name)
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    """One version in full: aliases, source, run, tags, gate decision."""
+    info = _version_info(_client(), args.name, args.version)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+        return 0
+    for key in ("name", "version", "aliases", "status", "run_id", "source", "description"):
+        print(f"{key:<12} {info[key]}")
+    for key, value in sorted(info["tags"].items()):
+        print(f"  {key:<40} {value}")
+    return 0
+
+
+def promote(args: argparse.Namespace) -> int:
+    """Point `champion` at a version by hand (recorded in the champion history, so rollback undoes it)."""
+    from components.register import registry
+
+    previous = registry.move_champion(_client(), args.name, args.version)
+    print(f"{args.name}: champion {('v' + previous) if previous else '(none)'} -> v{args.version}")
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    """Move `champion` back to the version that held it before."""
+    from components.register import registry
+
+    current, target = registry.rollback(_client(), args.name)
+    print(f"{args.name}: champion v{current} -> v{target} (rolled back)")
+    return 0
+
+
+def _guarded(handler):
+    """Print registry errors as one line on stderr and exit 1 instead of a traceback."""
+    def run(args: argparse.Namespace) -> int:
+        from mlflow.exceptions import MlflowException
+
+        from components.common.mlflow_utils import MlflowUnreachableError
+        from components.register.registry import RegistryError, RegistryPermissionError
+
+        try:
+            return handler(args)
+        except (MlflowException, RegistryError, RegistryPermissionError, MlflowUnreachableError) as exc:
+            print(f"tlpipe models {args.models_command}: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("models", help="list, inspect, promote and roll back registered model versions",
+                            description="The MLflow model registry (MLFLOW_TRACKING_URI): versions, the "
+                                        "champion/challenger aliases, manual promotion and rollback.")
+    models = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    p = models.add_parser("list", help="registered models, or the versions of one model with aliases and scores")
+    p.add_argument("name", nargs="?", help="registered model name (omit to list all models)")
+    p.set_defaults(func=_guarded(list_models))
+
+    p = models.add_parser("show", help="one version in full: aliases, run, tags, gate decision")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("version", nargs="?", default="@champion", help="version number or @alias (default @champion)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_guarded(show))
+
+    p = models.add_parser("promote", help="make a version the champion (the previous one is remembered)")
+    p.add_argument("name", help="registered model name")
+    p.add_argument("version", help="version number to promote")
+    p.set_defaults(func=_guarded(promote))
+
+    p = models.add_parser("rollback", help="give the champion alias back to the previous champion")
+    p.add_argument("name", help="registered model name")
+    p.set_defaults(func=_guarded(rollback))

@@ -1,0 +1,236 @@
+"""register-model (DESIGN.md §6): a new registry version of the chosen model, and the champion/challenger gate.
+
+Order matters: log and register the version, set `challenger`, re-score the current `champion` on the
+same test split, write the decision into the version's description, and move `champion` last, so any
+failure before that leaves the old champion serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components.common.log import get_logger
+from components.evaluate import scoring
+from components.register import registry, tflite
+
+log = get_logger("register")
+
+MODEL_FILE = "model.keras"
+EVALUATION_FILE = "evaluation.json"
+CLASS_INDICES_FILE = "class_indices.json"
+MANIFEST_FILE = "manifest.parquet"
+
+
+@dataclass
+class RegisterResult:
+    """What register did: the version, whether it is now the champion, and why."""
+
+    model_version: str
+    promoted: bool
+    decision: str
+    new_score: float
+    champion_score: float | None
+    champion_version: str | None
+    reused_version: bool
+    metric: str
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: {what}")
+    return path
+
+
+def _find_version(client, name: str, content_hash: str) -> str | None:
+    """The version of `name` registered from the same model bytes and manifest, if any."""
+    with registry.registry_errors("search model versions", name):
+        found = client.search_model_versions(
+            f"name = '{name}' and tags.`{registry.CONTENT_HASH_TAG}` = '{content_hash}'")
+    return min((v.version for v in found), key=int) if found else None
+
+
+def _score_champion(name: str, version: str, images, labels, classes, top_k) -> dict:
+    """Load `models:/name/version` (any pyfunc flavour) and score it on the test arrays."""
+    import mlflow
+
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    probs = np.asarray(model.predict(images), dtype=np.float64)
+    return scoring.classification_metrics(probs, labels, classes, top_k=top_k)
+
+
+def _gate(new_score: float, champion_score: float, metric: str, min_improvement: float) -> tuple[bool, float]:
+    """(better by at least min_improvement, improvement); for loss-like metrics lower is better."""
+    gain = new_score - champion_score if scoring.METRIC_DIRECTIONS[metric] else champion_score - new_score
+    return gain > 0 and gain >= min_improvement, gain
+
+
+def register(
+    best_model_dir: str | Path,
+    examples_dir: str | Path,
+    manifest_dir: str | Path,
+    registered_model_name: str = "fish-classifier",
+    min_improvement: float = 0.0,
+    force_promote: bool = False,
+    experiment: str = "fish-classification",
+    kfp_run_id: str = "local",
+    metadata: dict | None = None,
+    latency_repeats: int = 50,
+) -> RegisterResult:
+    """Register the model in `best_model_dir` (a `model` artifact plus evaluation.json) and run the gate."""
+    import keras
+    from mlflow.tracking import MlflowClient
+
+    from components.common import mlflow_utils
+
+    if min_improvement < 0:
+        raise ValueError(f"min_improvement must be >= 0, got {min_improvement}")
+    name = registered_model_name
+    best_model_dir, metadata = Path(best_model_dir), dict(metadata or {})
+    model_path = _require(best_model_dir / MODEL_FILE, "best_model is not a `model` artifact (DESIGN.md §4)")
+    manifest_path = _require(Path(manifest_dir) / MANIFEST_FILE, "manifest is not a `manifest` artifact (DESIGN.md §2)")
+    evaluation_path = best_model_dir / EVALUATION_FILE
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
+    metric = evaluation.get("selection_metric", "accuracy")
+    top_k = int(evaluation.get("metrics", {}).get("top_k", 3))
+
+    mlflow_utils.connect()
+    client = MlflowClient()
+    manifest_hash = sha256_file(manifest_path)
+    content_hash = hashlib.sha256(f"{sha256_file(model_path)}:{manifest_hash}".encode()).hexdigest()
+    registry.ensure_registered_model(client, name, description="Fish image classifier (tlpipe)")
+
+    images, labels, classes = scoring.load_test_arrays(examples_dir)
+    model = keras.saving.load_model(model_path, compile=False)
+    probs = scoring.predict_proba(scoring.compiled_predictor(model), images)
+    metrics = scoring.classification_metrics(probs, labels, classes, top_k=top_k)
+    new_score = float(metrics[metric])
+    log.info("new model: test %s %.4f on %d images", metric, new_score, len(labels))
+
+    version = _find_version(client, name, content_hash)
+    reused = version is not None
+    if reused:
+        log.info("%s version %s already holds these model bytes and manifest (%s…); reusing it",
+                 name, version, content_hash[:12])
+    else:
+        version = _log_and_register(client, name, model, model_path, best_model_dir, images, labels, probs,
+                                    metrics, evaluation, metadata, manifest_hash, content_hash,
+                                    kfp_run_id, experiment, latency_repeats)
+
+    with registry.registry_errors(f"set alias {registry.CHALLENGER!r}", name):
+        client.set_registered_model_alias(name, registry.CHALLENGER, version)
+    log.info("%s version %s is the challenger", name, version)
+
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    champion_score = None
+    if champion is None:
+        promote, decision = True, f"no champion yet: version {version} becomes champion ({metric} {new_score:.4f})"
+    elif champion == version:
+        promote, decision = False, f"version {version} is already the champion ({metric} {new_score:.4f})"
+    else:
+        try:
+            champion_score = float(_score_champion(name, champion, images, labels, classes, top_k)[metric])
+        except Exception as exc:  # a champion that cannot be loaded or scored must not block or pass silently
+            reason = f"champion version {champion} could not be loaded or scored ({type(exc).__name__}: {exc})"
+            log.warning(reason)
+            promote = force_promote
+            decision = (f"{reason}; promoted version {version} anyway because force_promote is set"
+                        if force_promote else f"{reason}; version {version} NOT promoted (set force_promote "
+                                              f"to promote without a comparison)")
+        else:
+            better, gain = _gate(new_score, champion_score, metric, min_improvement)
+            scores = (f"test {metric}: new version {version} {new_score:.4f} vs champion version {champion} "
+                      f"{champion_score:.4f} (improvement {gain:+.4f}, required > 0 and >= {min_improvement})")
+            if better:
+                promote, decision = True, f"promoted: {scores}"
+            elif force_promote:
+                promote, decision = True, f"promoted by force_promote although not better: {scores}"
+            else:
+                promote, decision = False, f"kept champion version {champion}: {scores}"
+    log.info("gate: %s", decision)
+
+    with registry.registry_errors("update the version description", name):
+        client.update_model_version(name, version, description=decision)
+        client.set_model_version_tag(name, version, "gate_decision", decision)
+        if champion_score is not None:
+            client.set_model_version_tag(name, version, f"champion_v{champion}_{metric}", f"{champion_score:.6f}")
+    if promote:
+        registry.move_champion(client, name, version)  # the last registry change
+    _finish_parent_run(client, kfp_run_id, experiment)
+    is_champion = promote or champion == version
+    return RegisterResult(model_version=str(version), promoted=is_champion, decision=decision, new_score=new_score,
+                          champion_score=champion_score, champion_version=champion, reused_version=reused,
+                          metric=metric)
+
+
+def _log_and_register(client, name, model, model_path, best_model_dir, images, labels, probs, metrics,
+                      evaluation, metadata, manifest_hash, content_hash, kfp_run_id, experiment,
+                      latency_repeats) -> str:
+    """Log the Keras model, its TFLite forms and test metrics in the `register` MLflow run; create the version."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from components.common import mlflow_utils
+
+    scalar = {f"test_{k}": float(metrics[k]) for k in
+              ("accuracy", "top_k_accuracy", "macro_f1", "macro_precision", "macro_recall", "log_loss", "ece")}
+    run_ids = {f"mlflow_run_id.{stage}": run_id for stage, run_id in evaluation.get("mlflow_run_ids", {}).items()}
+    stage = evaluation.get("stage") or metadata.get("stage", "unknown")
+    tags = {"kfp_run_id": kfp_run_id, "manifest_sha256": manifest_hash, registry.CONTENT_HASH_TAG: content_hash,
+            "model_sha256": sha256_file(model_path), "stage": str(stage),
+            "backbone": str(metadata.get("backbone", "unknown")),
+            "image_size": str(int(float(metadata.get("image_size") or images.shape[1]))),
+            "classes": ",".join(evaluation.get("classes", [])) or str(probs.shape[1]),
+            **run_ids, **{k: f"{v:.6f}" for k, v in scalar.items()}}
+    with mlflow_utils.stage_run("register", kfp_run_id=kfp_run_id, experiment=experiment,
+                                tags={"registered_model_name": name}) as run:
+        mlflow.log_params({"registered_model_name": name, "stage": stage, "manifest_sha256": manifest_hash,
+                           "content_hash": content_hash})
+        mlflow.log_metrics(scalar)
+        with tempfile.TemporaryDirectory(prefix="mlflow-model-") as tmp:
+            # Saved into an existing folder, then logged: mlflow 3.17's keras log_model writes the input
+            # example before creating its folder and fails.
+            example = images[:1]
+            mlflow.keras.save_model(model, tmp, signature=infer_signature(example, probs[:1]), input_example=example)
+            mlflow.log_artifacts(tmp, artifact_path="model")
+        for extra in (EVALUATION_FILE, CLASS_INDICES_FILE):
+            if (best_model_dir / extra).exists():
+                mlflow.log_artifact(str(best_model_dir / extra), artifact_path="model_info")
+        with tempfile.TemporaryDirectory(prefix="tflite-") as tmp:
+            for variant, path in tflite.export(model, tmp).items():
+                result = tflite.score(path, images, labels, latency_repeats=latency_repeats)
+                log.info("TFLite %s: accuracy %.4f, %.2f ms/image (p90 %.2f)", variant, result["accuracy"],
+                         result["latency_ms_b1"], result["latency_ms_b1_p90"])
+                mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in result.items()})
+                tags.update({f"tflite_{variant}_accuracy": f"{result['accuracy']:.6f}",
+                             f"tflite_{variant}_latency_ms_b1": f"{result['latency_ms_b1']:.3f}"})
+                mlflow.log_artifact(str(path), artifact_path="tflite")
+        tags["mlflow_run_id.register"] = run.info.run_id
+        tags["tflite_uri"] = f"runs:/{run.info.run_id}/tflite"
+        with registry.registry_errors("create a model version", name):
+            version = mlflow.register_model(f"runs:/{run.info.run_id}/model", name, tags=tags).version
+    log.info("registered %s version %s from run %s", name, version, run.info.run_id)
+    return str(version)
+
+
+def _finish_parent_run(client, kfp_run_id: str, experiment: str) -> None:
+    """Mark the pipeline's parent MLflow run FINISHED (register is the last step)."""
+    from components.common import mlflow_utils
+
+    parent = mlflow_utils.parent_run_id(kfp_run_id, experiment)
+    client.set_terminated(parent, status="FINISHED")
+    log.info("MLflow parent run %s of pipeline run %s marked FINISHED", parent, kfp_run_id)
+

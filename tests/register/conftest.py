@@ -1,0 +1,50 @@
+"""Fixtures of the register tests: a trained model, its artifacts, a manifest (shares tests/evaluate's factory)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    path = Path(__file__).parents[1] / "evaluate" / "model_factory.py"
+    spec = importlib.util.spec_from_file_location("tlpipe_test_model_factory", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def session_examples(tmp_path_factory) -> Path:
+    from components.common.synthetic import write_examples
+
+    return write_examples(tmp_path_factory.mktemp("examples") / "examples")
+
+
+@pytest.fixture(scope="session")
+def trained(model_factory, session_examples):
+    return model_factory.train_model(session_examples)
+
+
+@pytest.fixture(scope="session")
+def manifest_dir(tmp_path_factory, session_examples) -> Path:
+    """A small `manifest` artifact (DESIGN.md §2) describing the synthetic examples."""
+    import json
+
+    import pandas as pd
+
+    from components.common.examples import read_schema
+
+    folder = tmp_path_factory.mktemp("manifest")
+    classes = read_schema(session_examples)["classes"]
+    rows = [{"uri": f"s3://tlpipe/fish/{c}/img_{i}.jpg", "label": c, "label_index": k, "split": s,
+             "sha256": f"{k}{i}{s}", "phash": "0" * 16, "group": f"{c}-{i}", "bytes": 1000, "width": 32,
+             "height": 32, "format": "JPEG"} for k, c in enumerate(classes) for i in range(3)
+            for s in ("train", "val", "test")]
+    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
+    (folder / "classes.json").write_text(json.dumps({"classes": classes,
+                                                     "class_to_index": {c: i for i, c in enumerate(classes)}}))
+    return folder
