@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -107,15 +105,11 @@ def _grpc_message(exc) -> str:
     return f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
 
 
-def create_cluster(sdk, opts: DataprocOptions, name: str) -> tuple[str, object]:
-    """Create a cluster and wait until it runs; returns (cluster id, error or None).
-
-    A cluster that was created but failed to start is returned with its error, so the caller deletes it.
-    """
+def create_cluster(sdk, opts: DataprocOptions, name: str):
+    """Ask for a cluster; returns (its id, the create operation). A refused request raises DataprocError."""
     import grpc
     from yandex.cloud.dataproc.v1 import cluster_pb2, cluster_service_pb2, common_pb2, subcluster_pb2
     from yandex.cloud.dataproc.v1.cluster_service_pb2_grpc import ClusterServiceStub
-    from yandexcloud.operations import OperationError
 
     def subcluster(sub_name, role, preset, disk_gb, hosts):
         return cluster_service_pb2.CreateSubclusterConfigSpec(
@@ -147,14 +141,21 @@ def create_cluster(sdk, opts: DataprocOptions, name: str) -> tuple[str, object]:
     meta = cluster_service_pb2.CreateClusterMetadata()
     operation.metadata.Unpack(meta)
     log.info("cluster %s: create operation %s started", meta.cluster_id, operation.id)
+    return meta.cluster_id, operation
+
+
+def wait_cluster(sdk, cluster_id: str, operation, opts: DataprocOptions) -> None:
+    """Wait until the cluster runs; DataprocError if it fails to start (it still exists and must be deleted)."""
+    from yandex.cloud.dataproc.v1 import cluster_pb2, cluster_service_pb2
+    from yandexcloud.operations import OperationError
+
     try:
         sdk.wait_operation_and_get_result(operation, response_type=cluster_pb2.Cluster,
                                           meta_type=cluster_service_pb2.CreateClusterMetadata,
                                           timeout=opts.operation_timeout_s, logger=log)
     except OperationError as exc:
-        return meta.cluster_id, DataprocError(f"cluster {meta.cluster_id} failed to start: {exc}")
-    log.info("cluster %s is running", meta.cluster_id)
-    return meta.cluster_id, None
+        raise DataprocError(f"cluster {cluster_id} failed to start: {exc}") from None
+    log.info("cluster %s is running", cluster_id)
 
 
 def delete_cluster(sdk, cluster_id: str, opts: DataprocOptions) -> None:
@@ -227,28 +228,20 @@ def wait_job(sdk, cluster_id: str, job_id: str, opts: DataprocOptions) -> None:
         time.sleep(opts.poll_interval_s)
 
 
-def _raise_on_sigterm(signum, frame):
-    raise SystemExit(f"terminated by signal {signum}")  # unwinds through `finally`: the cluster is deleted
-
-
 def run_job(config: job.JobConfig, opts: DataprocOptions) -> None:
     """Stage the code, run the job on Data Proc and delete the cluster this call created (also on failure)."""
     sdk = make_sdk(opts)
     main_uri, zip_uri = remote.stage_code(opts.staging_uri or remote.default_staging(config.output))
     created = None
-    main_thread = threading.current_thread() is threading.main_thread()  # only it may handle signals
-    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if main_thread else None  # KFP cancels: SIGTERM
     try:
-        cluster_id = opts.cluster_id
-        if not cluster_id:
-            created, error = create_cluster(sdk, opts, f"tlpipe-preprocess-{uuid.uuid4().hex[:8]}")
-            if error:
-                raise error
-            cluster_id = created
-        wait_job(sdk, cluster_id, submit_job(sdk, cluster_id, config, opts, main_uri, zip_uri), opts)
+        with remote.sigterm_unwinds():  # a cancelled step still deletes its cluster
+            cluster_id = opts.cluster_id
+            if not cluster_id:
+                created, operation = create_cluster(sdk, opts, f"tlpipe-preprocess-{uuid.uuid4().hex[:8]}")
+                cluster_id = created  # from here on, `finally` deletes it
+                wait_cluster(sdk, cluster_id, operation, opts)
+            wait_job(sdk, cluster_id, submit_job(sdk, cluster_id, config, opts, main_uri, zip_uri), opts)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
         if created and not opts.keep_cluster:
             delete_cluster(sdk, created, opts)
         elif created:

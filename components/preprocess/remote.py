@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.common import s3 as s3lib
@@ -45,3 +49,20 @@ def s3_env() -> dict[str, str]:
     settings = S3Settings.from_env()
     return {"S3_ENDPOINT_URL": settings.endpoint_url, "AWS_ACCESS_KEY_ID": settings.access_key,
             "AWS_SECRET_ACCESS_KEY": settings.secret_key, "AWS_REGION": settings.region}
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(f"terminated by signal {signum}")
+
+
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Turn SIGTERM (how KFP cancels a step) into SystemExit, so `finally` blocks clean up remote resources."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from google.protobuf import any_pb2
+from google.rpc import status_pb2
 from yandex.cloud.dataproc.v1 import (
     cluster_pb2,
     cluster_service_pb2,
@@ -48,8 +49,10 @@ class FakeDataproc(api_endpoint_service_pb2_grpc.ApiEndpointServiceServicer,
                    operation_service_pb2_grpc.OperationServiceServicer):
     """Data Proc as its protos describe it: operations, cluster and job lifecycles; records every call."""
 
-    def __init__(self, address: str, job_outcome: str = "DONE", refuse_create: bool = False):
+    def __init__(self, address: str, job_outcome: str = "DONE", refuse_create: bool = False,
+                 fail_start: bool = False):
         self.address, self.job_outcome, self.refuse_create = address, job_outcome, refuse_create
+        self.fail_start = fail_start
         self.calls: list[str] = []
         self.requests: dict[str, object] = {}
         self.clusters: dict[str, str] = {}
@@ -64,13 +67,15 @@ class FakeDataproc(api_endpoint_service_pb2_grpc.ApiEndpointServiceServicer,
         if name != "ApiEndpointService.List" and ("authorization", f"Bearer {TOKEN}") not in context.invocation_metadata():
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong IAM token")
 
-    def _operation(self, metadata, response=None) -> operation_pb2.Operation:
+    def _operation(self, metadata, response=None, error=None) -> operation_pb2.Operation:
         op = operation_pb2.Operation(id=f"op{len(self.operations)}", done=False, metadata=_packed(metadata))
         self.operations[op.id] = op
         done = operation_pb2.Operation()
         done.CopyFrom(op)
         done.done = True
-        if response is not None:
+        if error is not None:
+            done.error.CopyFrom(error)
+        elif response is not None:
             done.response.CopyFrom(_packed(response))
         self.operations[op.id] = done
         return op
@@ -90,9 +95,11 @@ class FakeDataproc(api_endpoint_service_pb2_grpc.ApiEndpointServiceServicer,
             if self.refuse_create:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "The limit on the number of clusters is exceeded")
             cluster_id = f"c9q{len(self.clusters):05d}"
-            self.clusters[cluster_id] = "RUNNING"
+            self.clusters[cluster_id] = "ERROR" if self.fail_start else "RUNNING"
+            error = status_pb2.Status(code=9, message="subnet has no NAT") if self.fail_start else None
             return self._operation(cluster_service_pb2.CreateClusterMetadata(cluster_id=cluster_id),
-                                   cluster_pb2.Cluster(id=cluster_id, name=request.name, status=cluster_pb2.Cluster.RUNNING))
+                                   cluster_pb2.Cluster(id=cluster_id, name=request.name, status=cluster_pb2.Cluster.RUNNING),
+                                   error)
         self._record("JobService.Create", request, context)
         if self.clusters.get(request.cluster_id) != "RUNNING":
             context.abort(grpc.StatusCode.NOT_FOUND, f"cluster {request.cluster_id} not found")
@@ -204,6 +211,13 @@ def test_refused_create_deletes_nothing_and_says_why(dataproc_api, bucket):
     with pytest.raises(dataproc.DataprocError, match="refused to create cluster .* RESOURCE_EXHAUSTED: The limit"):
         dataproc.run_job(_config(bucket), dataproc.DataprocOptions.from_dict(options))
     assert "ClusterService.Delete" not in fake.calls and "JobService.Create" not in fake.calls
+
+
+def test_cluster_that_fails_to_start_is_deleted(dataproc_api, bucket):
+    fake, options = dataproc_api(fail_start=True)
+    with pytest.raises(dataproc.DataprocError, match="cluster c9q00000 failed to start.*subnet has no NAT"):
+        dataproc.run_job(_config(bucket), dataproc.DataprocOptions.from_dict(options))
+    assert "JobService.Create" not in fake.calls and list(fake.clusters.values()) == ["DELETED"]
 
 
 def test_existing_cluster_is_used_and_kept(dataproc_api, bucket):
