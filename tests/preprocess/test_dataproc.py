@@ -195,7 +195,7 @@ def test_creates_runs_and_deletes_the_cluster(dataproc_api, bucket, s3_client, c
     assert s3_client.stat_object(bucket, zip_key).size > 1000
     assert submitted.properties["spark.executorEnv.S3_ENDPOINT_URL"] == s3lib.S3Settings.from_env().endpoint_url
     secret = s3lib.S3Settings.from_env().secret_key
-    assert secret not in caplog.text and "JOB DONE" not in caplog.text
+    assert secret not in caplog.text
     assert "job job1: DONE" in caplog.text and "[job job1] INFO [tlpipe.preprocess] wrote examples" in caplog.text
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -35,7 +37,7 @@ def test_job_end_to_end_local_and_s3(spark, make_manifest, bucket, s3_client, tm
     assert schema["bad_images"]["count"] == 2
     assert {b["uri"] for b in schema["bad_images"]["images"]} == {r["uri"] for r in rows[160:]}
     assert all(b["reason"].startswith("cannot decode") for b in schema["bad_images"]["images"])
-    assert schema["num_shards"] == {"train": 3, "val": 1, "test": 1} or sum(schema["num_shards"].values()) == 4
+    assert schema["num_shards"] == {"train": 3, "val": 1, "test": 1}  # 4 shards shared by size, >= 1 per split
     assert schema["classes"] == ["angelfish", "bass", "carp"] and schema["resize_mode"] == "squash"
     assert len(schema["source_manifest_sha256"]) == 64
     assert examples.read_schema(out) == schema
@@ -90,7 +92,7 @@ def test_object_changed_or_deleted_since_ingest_is_reported(spark, make_manifest
     bucket, key = s3lib.split_uri(rows[0]["uri"])
     s3_client.remove_object(bucket, key)
     bucket, key = s3lib.split_uri(rows[1]["uri"])
-    s3_client.put_object(bucket, key, __import__("io").BytesIO(b"xx"), 2)
+    s3_client.put_object(bucket, key, io.BytesIO(b"xx"), 2)
     schema = job.run(spark, job.JobConfig(manifest=str(manifest), output=str(tmp_path / "ex"), image_size=16,
                                           max_bad_fraction=0.2))
     reasons = {b["uri"]: b["reason"] for b in schema["bad_images"]["images"]}
@@ -132,7 +134,7 @@ def test_spark_submit_standalone(make_manifest, tmp_path):
     cmd = [str(Path(_find_spark_home(), "bin", "spark-submit")), "--master", "local[1]", "--driver-memory", "512m",
            "--conf", "spark.ui.enabled=false", str(REPO / "components/preprocess/preprocess_job.py"),
            "--manifest", str(manifest), "--output", str(out), "--image-size", "20", "--num-shards", "2"]
-    env = {**__import__("os").environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     env.pop("PYTHONPATH")  # the job finds and ships its own package
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -59,7 +59,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self.server.requests.append(("GET", self.path))
-        if m := POD_LOG.match(self.path):
+        if POD_LOG.match(self.path):
             return self._reply(200, "Traceback (most recent call last):\nTooManyBadImagesError: 9 of 10 images",
                                "text/plain")
         ns, name = APPS.match(self.path).groups()
