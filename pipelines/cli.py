@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "components.train.weights_import",
     "components.ingest.cli",
     "components.register.cli",
+    "components.preprocess.cli",
 )
 
 
