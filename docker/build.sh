@@ -7,7 +7,7 @@ set -euo pipefail
 usage() {
   cat <<'USAGE'
 usage: docker/build.sh [--prefix P] [--tag T] [--engine docker|podman|buildah] [--push]
-                       [--load kind|minikube] [--cluster NAME] [FAMILY ...]
+                       [--load kind|minikube] [--cluster NAME] [--build-arg K=V ...] [FAMILY ...]
 
   --prefix P     registry prefix (default: tlpipe), e.g. cr.yandex/<registry-id>/tlpipe
   --tag T        image tag (default: the project version in pyproject.toml)
@@ -15,9 +15,11 @@ usage: docker/build.sh [--prefix P] [--tag T] [--engine docker|podman|buildah] [
   --push         push every built image (log in to the registry first)
   --load TARGET  load the built images into a local cluster: kind (`kind load`) or minikube (`minikube image load`)
   --cluster N    kind cluster name / minikube profile (default: tlpipe)
+  --build-arg K=V  passed to every build, e.g. PYTHON_IMAGE=<mirror>/python:3.11-slim-bookworm@sha256:...
   FAMILY ...     what to build (default: base spark train train-gpu mlflow); base-deps is always built first
 
-Environment: PIP_CERT=/path/ca.pem to let pip inside the build trust a TLS-inspecting proxy.
+Environment: PIP_CERT=/path/ca.pem to let pip inside the build trust a TLS-inspecting proxy;
+buildah's own variables apply (STORAGE_DRIVER, BUILDAH_ISOLATION, BUILDAH_LAYERS: default true here).
 USAGE
 }
 
@@ -29,6 +31,7 @@ push=false
 load=""
 cluster=tlpipe
 families=()
+build_args=()
 while (($#)); do
   case "$1" in
     --prefix) prefix=${2%/}; shift 2 ;;
@@ -37,6 +40,7 @@ while (($#)); do
     --push) push=true; shift ;;
     --load) load=$2; shift 2 ;;
     --cluster) cluster=$2; shift 2 ;;
+    --build-arg) build_args+=(--build-arg "$2"); shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) echo "unknown option $1" >&2; usage >&2; exit 2 ;;
     *) families+=("$1"); shift ;;
@@ -57,7 +61,7 @@ if [[ -z $engine ]]; then
 fi
 case "$engine" in
   docker|podman) build=("$engine" build) ;;
-  buildah) build=(buildah bud --layers) ;;
+  buildah) build=(buildah bud); export BUILDAH_LAYERS=${BUILDAH_LAYERS:-true} ;;
   *) echo "--engine must be docker, podman or buildah, not '$engine'" >&2; exit 2 ;;
 esac
 cert_args=()
@@ -71,12 +75,12 @@ deps_image=$(image base-deps)
 built=()
 
 echo "== $engine: $deps_image (common dependency layers)"
-"${build[@]}" "${cert_args[@]}" --target deps -f docker/base/Dockerfile -t "$deps_image" .
+"${build[@]}" "${cert_args[@]}" "${build_args[@]}" --target deps -f docker/base/Dockerfile -t "$deps_image" .
 for family in "${families[@]}"; do
   echo "== $engine: $(image "$family")"
   target=()
   [[ $family == base ]] && target=(--target base)
-  "${build[@]}" "${cert_args[@]}" "${target[@]}" --build-arg "DEPS_IMAGE=$deps_image" \
+  "${build[@]}" "${cert_args[@]}" "${build_args[@]}" "${target[@]}" --build-arg "DEPS_IMAGE=$deps_image" \
     -f "docker/$family/Dockerfile" -t "$(image "$family")" .
   built+=("$(image "$family")")
 done
