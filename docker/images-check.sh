@@ -57,7 +57,7 @@ else
   step "docker/build.sh --engine buildah --tag images-check spark -> $image"
   printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \
     >"$state/storage.conf"
-  CONTAINERS_STORAGE_CONF="$state/storage.conf" BUILDAH_ISOLATION=chroot BUILDAH_LAYERS=false PIP_CERT="$ca_bundle" \
+  CONTAINERS_STORAGE_CONF=$(realpath "$state/storage.conf") BUILDAH_ISOLATION=chroot BUILDAH_LAYERS=false PIP_CERT="$ca_bundle" \
     docker/build.sh --engine buildah --tag images-check --build-arg "PYTHON_IMAGE=$upstream" spark \
     >"$state/build.log" 2>&1 || { tail -40 "$state/build.log"; exit 1; }
   # buildah's chroot has no /etc/hosts entry for the host name (a pod has one): name the driver's host.
