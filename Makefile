@@ -43,3 +43,10 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Build the base image without a Docker engine (buildah + a debootstrap'ed stand-in base) and import the
+# project inside it (`bash docker/images-check.sh spark`: the Spark image + its smoke job). Slow (minutes)
+# and needs root + apt: not part of `make test`.
+.PHONY: images-check
+images-check:
+	bash docker/images-check.sh
