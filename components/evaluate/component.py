@@ -21,6 +21,7 @@ def evaluate_op(
     latency_repeats: int = 20,
 ) -> NamedTuple("EvaluateOutputs", [("best_stage", str), ("best_score", float), ("explanation", str)]):
     """Score the frozen, fine-tuned and scratch models on the test split; report, log to MLflow, pass on the best."""
+    import json
     import shutil
     import tempfile
     from collections import namedtuple
@@ -36,11 +37,17 @@ def evaluate_op(
                            latency_repeats=latency_repeats)
     core.log_to_mlflow(result, work, kfp_run_id=kfp_run_id, experiment=experiment)
 
-    for name, value in core.flat_metrics(result).items():
+    scalars = core.flat_metrics(result)
+    for name, value in scalars.items():
         metrics.log_metric(name, value)
     best = result["best_stage"]
-    confusion_matrix.log_confusion_matrix(result["classes"], result["candidates"][best]["metrics"]["confusion_matrix"])
+    matrix = result["candidates"][best]["metrics"]["confusion_matrix"]
+    confusion_matrix.log_confusion_matrix(result["classes"], matrix)
     confusion_matrix.metadata["model"] = best
+    # The values also as files at the artifacts' URIs: downloadable, and a cached step's outputs must exist.
+    Path(metrics.path).write_text(json.dumps(scalars, indent=2))
+    Path(confusion_matrix.path).write_text(json.dumps({"model": best, "classes": result["classes"],
+                                                       "matrix": matrix}, indent=2))
     shutil.copyfile(work / core.REPORT_FILE, report.path)
 
     core.copy_best(result, model_dirs, best_model.path)
