@@ -34,11 +34,13 @@ class K8sTimeoutError(K8sJobError):
 class K8sOptions:
     """spark_options of the `k8s` backend (every key documented in components/preprocess/README.md)."""
 
-    namespace: str = "kubeflow"
-    service_account: str = "spark"  # driver's account: must be allowed to create executor pods
+    namespace: str = "tlpipe"  # the Spark namespace of manifests/ (RBAC lets the step manage apps only there)
+    service_account: str = "spark-driver"  # driver's account (manifests/): may create executor pods
     image: str = ""  # default: the `spark` image of pipelines/settings.py
     image_pull_policy: str = "IfNotPresent"
-    main_application_file: str = "local:///app/components/preprocess/preprocess_job.py"
+    # where docker/spark installs the project (non-editable, into /opt/venv)
+    main_application_file: str = (
+        "local:///opt/venv/lib/python3.11/site-packages/components/preprocess/preprocess_job.py")
     credentials_secret: str = ""  # default: pipelines.settings.CREDENTIALS_SECRET
     spark_version: str = ""  # default: the installed pyspark's version
     driver_cores: int = 1
