@@ -11,6 +11,8 @@ import sys
 COMMAND_MODULES = (
     "pipelines.stack",
     "pipelines.demo",
+    "pipelines.local_run",
+    "pipelines.remote",
     "components.train.weights_import",
     "components.ingest.cli",
     "components.register.cli",

@@ -35,3 +35,15 @@ class ImageSettings:
     def for_step(self, step: str, gpu: bool = False) -> str:
         family = STEP_IMAGE_FAMILY[step]
         return self.image("train-gpu" if gpu and family == "train" else family)
+
+
+@dataclass(frozen=True)
+class ResourceSettings:
+    """CPU/memory of the heavy steps and whether training gets a GPU, fixed at compile time
+    (`tlpipe compile --train-cpu 8 --train-memory 16G --gpu`): requests equal limits."""
+
+    preprocess_cpu: str = "4"
+    preprocess_memory: str = "8G"
+    train_cpu: str = "8"
+    train_memory: str = "16G"
+    gpu: bool = False
