@@ -11,6 +11,7 @@ import sys
 COMMAND_MODULES = (
     "pipelines.stack",
     "pipelines.demo",
+    "components.train.cli",
 )
 
 
