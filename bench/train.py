@@ -172,15 +172,15 @@ def main(argv: list[str] | None = None) -> None:
         speed = []
         for cache in ("off", "on", "augmented:4"):
             result = core.train_frozen(ex, work / f"cache-{cache.replace(':', '-')}", core.TrainParams(
-                **base, seed=42, epochs=args.epochs, weights=str(WEIGHTS), feature_cache=cache,
-                early_stopping_patience=0), track=False)
+                **{**base, "early_stopping_patience": 0}, seed=42, epochs=args.epochs, weights=str(WEIGHTS),
+                feature_cache=cache), track=False)
             epochs = json_history(Path(result.out_dir))
             ips = [e["images_per_second"] for e in epochs]
             speed.append({"run": f"frozen feature_cache={cache}", "wall_s": result.seconds,
                           "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": result.val_accuracy})
         ft = core.finetune(ex, work / "cache-off", work / "ft-speed", core.TrainParams(
-            **base, seed=42, epochs=max(2, args.finetune_epochs // 2), learning_rate=args.finetune_learning_rate,
-            unfreeze_layers=args.unfreeze_layers, early_stopping_patience=0), track=False)
+            **{**base, "early_stopping_patience": 0}, seed=42, epochs=max(2, args.finetune_epochs // 2),
+            learning_rate=args.finetune_learning_rate, unfreeze_layers=args.unfreeze_layers), track=False)
         ips = [e["images_per_second"] for e in json_history(Path(ft.out_dir))[1:]] or [0.0]
         speed.append({"run": f"finetune last {args.unfreeze_layers} layers (epochs after the first)",
                       "wall_s": ft.seconds, "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": ft.val_accuracy})

@@ -19,7 +19,8 @@ def train_frozen_op(examples: Input[Dataset], model: Output[Model], backbone: st
     params = core.TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
                               early_stopping_patience=early_stopping_patience, use_class_weights=use_class_weights,
                               seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha,
-                              weights=weights, dense_units=tuple(dense_units), dropouts=tuple(dropouts))
+                              weights=weights, dense_units=tuple(int(u) for u in dense_units),
+                              dropouts=tuple(float(d) for d in dropouts))
     result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id)
     model.metadata.update(result.metadata)
     return result.val_accuracy
@@ -52,7 +53,8 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
     params = core.TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
                               early_stopping_patience=early_stopping_patience, use_class_weights=use_class_weights,
                               seed=seed, backbone=backbone, alpha=alpha, weights=None,
-                              dense_units=tuple(dense_units), dropouts=tuple(dropouts))
+                              dense_units=tuple(int(u) for u in dense_units),
+                              dropouts=tuple(float(d) for d in dropouts))
     result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id)
     model.metadata.update(result.metadata)
     return result.val_accuracy

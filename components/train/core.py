@@ -488,6 +488,8 @@ def _weights_label(weights: str | None, stage: str) -> str:
 def _log_results(st: _Stage, final: dict, history: dict) -> None:
     import keras
     import mlflow
+    import mlflow.tensorflow
+    import tensorflow as tf
     from mlflow.models import infer_signature
 
     mlflow.log_metrics(final)
@@ -498,8 +500,7 @@ def _log_results(st: _Stage, final: dict, history: dict) -> None:
     example = next(iter(st.val_images.batch(1)))[0].numpy()
     model = keras.saving.load_model(st.out_dir / MODEL_FILE)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    import tensorflow as tf
-
-    mlflow.keras.log_model(model, name="model", signature=signature, input_example=example,
+    # the tensorflow flavour (it saves Keras 3 models as .keras); mlflow.keras 3.17 fails to write input examples
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
                            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
     log.info("logged model and artifacts to MLflow run %s", mlflow.active_run().info.run_id)
