@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--unfreeze-layers", type=int, default=50)
     parser.add_argument("--finetune-learning-rate", type=float, default=1e-4)
-    parser.add_argument("--feature-cache", default="augmented:4", help="frozen stage in the accuracy runs")
+    parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")

@@ -26,11 +26,11 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fish_examples(shared_dir, tmp_path_factory) -> Path:
-    """fish-egu2017 at 96 px, split by video id, at most 5 frames per video (~600 images)."""
+    """fish-egu2017 at 96 px, split by video id, at most 8 frames per video (~760 images)."""
     from bench.train import write_fish_examples
 
     return write_fish_examples(shared_dir / "data" / "fish-egu2017", tmp_path_factory.mktemp("fish") / "examples",
-                               image_size=96, max_per_video=5)
+                               image_size=96, max_per_video=8)
 
 
 @pytest.fixture(scope="session")
