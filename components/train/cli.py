@@ -21,6 +21,8 @@ def _common(parser: argparse.ArgumentParser, learning_rate: float) -> None:
                         help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
     parser.add_argument("--experiment", default="fish-classification")
     parser.add_argument("--kfp-run-id", default="local", help="pipeline run whose parent MLflow run to nest under")
+    parser.add_argument("--checkpoint-uri", default=None,
+                        help="s3:// prefix mirroring the per-epoch checkpoint (resume on another machine)")
 
 
 def _architecture(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, augment=args.augment,
         early_stopping_patience=args.early_stopping_patience, use_class_weights=args.use_class_weights,
         seed=args.seed)
-    kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id}
+    kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id,
+              "checkpoint_uri": args.checkpoint_uri}
     if args.stage == "finetune":
         params.unfreeze_layers = args.unfreeze_layers
         result = core.finetune(args.examples, args.frozen_model, args.out, params, **kwargs)

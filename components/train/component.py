@@ -1,7 +1,9 @@
 """KFP adapters of the training stages: map artifacts and parameters onto components.train.core.
 
 Plain functions; the pipeline wraps them with dsl.component(fn, base_image=..., install_kfp_package=False)
-and sets CPU/memory/GPU requests on the tasks. Each returns the final val accuracy.
+and sets CPU/memory/GPU requests on the tasks. Each returns the final val accuracy. Where the output
+artifact lives in S3 (an s3:// pipeline root), the per-epoch checkpoint is mirrored to
+`<model uri>/checkpoint`, so a retried (preempted) pod resumes after its last finished epoch.
 """
 
 from kfp.dsl import Dataset, Input, Model, Output
@@ -21,7 +23,8 @@ def train_frozen_op(examples: Input[Dataset], model: Output[Model], backbone: st
                               seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha,
                               weights=weights, dense_units=tuple(int(u) for u in dense_units),
                               dropouts=tuple(float(d) for d in dropouts))
-    result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id)
+    result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
+                               checkpoint_uri=core.checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
@@ -37,7 +40,7 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
                               augment=augment, early_stopping_patience=early_stopping_patience,
                               use_class_weights=use_class_weights, seed=seed, unfreeze_layers=unfreeze_layers)
     result = core.finetune(examples.path, frozen_model.path, model.path, params, experiment=experiment,
-                           kfp_run_id=kfp_run_id)
+                           kfp_run_id=kfp_run_id, checkpoint_uri=core.checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
@@ -55,6 +58,7 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
                               seed=seed, backbone=backbone, alpha=alpha, weights=None,
                               dense_units=tuple(int(u) for u in dense_units),
                               dropouts=tuple(float(d) for d in dropouts))
-    result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id)
+    result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
+                                checkpoint_uri=core.checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy

@@ -3,7 +3,8 @@
 Each stage reads an `examples` artifact, trains with a resumable per-epoch loop (checkpoint under
 `<out>/checkpoint/`, removed once the stage finishes), early stopping on val loss with best-weights
 restore, logs a nested MLflow run, and writes the `model` artifact:
-`model.keras`, `class_indices.json`, `history.json`, `curves.png`.
+`model.keras`, `class_indices.json`, `history.json`, `curves.png`. With `checkpoint_uri` (s3://) the
+checkpoint is also mirrored there each epoch, so a retry on a fresh disk resumes too.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -90,35 +91,36 @@ class StageResult:
 
 # ----- public stages ------------------------------------------------------------------------------
 def train_frozen(examples_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
-                 experiment: str = "fish-classification", kfp_run_id: str = "local") -> StageResult:
+                 experiment: str = "fish-classification", kfp_run_id: str = "local",
+                 checkpoint_uri: str | None = None) -> StageResult:
     """Frozen pretrained backbone + new head (optionally on cached backbone features)."""
     params = params or TrainParams()
     return _run_stage("train_frozen", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id)
+                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri)
 
 
 def train_scratch(examples_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
-                  experiment: str = "fish-classification", kfp_run_id: str = "local") -> StageResult:
+                  experiment: str = "fish-classification", kfp_run_id: str = "local",
+                  checkpoint_uri: str | None = None) -> StageResult:
     """The same architecture with random weights, everything trainable (BatchNorm in training mode)."""
-    params = params or TrainParams()
-    params.weights, params.feature_cache = None, "off"
+    params = replace(params or TrainParams(), weights=None, feature_cache="off")
     return _run_stage("train_scratch", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id)
+                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri)
 
 
 def finetune(examples_dir, frozen_model_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
-             experiment: str = "fish-classification", kfp_run_id: str = "local") -> StageResult:
+             experiment: str = "fish-classification", kfp_run_id: str = "local",
+             checkpoint_uri: str | None = None) -> StageResult:
     """Continue the frozen-stage model with its last `unfreeze_layers` non-BN backbone layers trainable."""
-    params = params or TrainParams(learning_rate=1e-5)
-    params.feature_cache = "off"
+    params = replace(params or TrainParams(learning_rate=1e-5), feature_cache="off")
     frozen_model_dir = Path(frozen_model_dir)
     frozen_classes = json.loads((frozen_model_dir / "class_indices.json").read_text())["classes"]
     if frozen_classes != examples.read_schema(examples_dir)["classes"]:
         raise ValueError(f"frozen model {frozen_model_dir} was trained on classes {frozen_classes}, "
                          f"the examples artifact {examples_dir} has {examples.read_schema(examples_dir)['classes']}")
-    params.extra = {**params.extra, "frozen_model": str(frozen_model_dir)}
+    params = replace(params, extra={**params.extra, "frozen_model": str(frozen_model_dir)})
     return _run_stage("finetune", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id, frozen_model_dir=frozen_model_dir)
+                      kfp_run_id=kfp_run_id, frozen_model_dir=frozen_model_dir, checkpoint_uri=checkpoint_uri)
 
 
 # ----- device setup -------------------------------------------------------------------------------
@@ -140,7 +142,8 @@ def distribution():
 class _Stage:
     """Models, data and checkpoint state of one stage run."""
 
-    def __init__(self, stage, examples_dir, out_dir, params: TrainParams, frozen_model_dir=None):
+    def __init__(self, stage, examples_dir, out_dir, params: TrainParams, frozen_model_dir=None,
+                 checkpoint_uri: str | None = None):
         import keras
 
         params.validate()
@@ -152,6 +155,7 @@ class _Stage:
         self.num_train = data.split_size(examples_dir, "train")
         self.views = feature_cache_views(params.feature_cache)
         self._feature_fns = {}
+        self.mirror = CheckpointMirror(checkpoint_uri) if checkpoint_uri else None
         if self.num_train == 0 or data.split_size(examples_dir, "val") == 0:
             raise ValueError(f"{examples_dir}: train and val splits must both be non-empty")
         keras.utils.set_random_seed(params.seed)
@@ -275,6 +279,8 @@ class _Stage:
         fresh = {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": -1, "wait": 0,
                  "mlflow_run_id": None, "fingerprint": self.fingerprint(), "resumed_from_epoch": 0}
         state_file = self.checkpoint_dir / "state.json"
+        if not state_file.exists() and self.mirror:
+            self.mirror.restore(self.checkpoint_dir)
         if not state_file.exists():
             return fresh
         state = json.loads(state_file.read_text())
@@ -305,6 +311,8 @@ class _Stage:
         for path in self.checkpoint_dir.glob("*.weights.h5"):
             if path.name not in keep:
                 path.unlink()
+        if self.mirror:
+            self.mirror.push(self.checkpoint_dir)
 
     # -- evaluation --
     def evaluate(self) -> dict:
@@ -344,12 +352,53 @@ def _tracking(stage: str, state: dict, track: bool, experiment: str, kfp_run_id:
             yield run
 
 
+def checkpoint_uri_for(artifact_uri: str) -> str | None:
+    """`<artifact>/checkpoint` for an artifact stored in S3 (s3://), else None (a local disk)."""
+    return f"{artifact_uri.rstrip('/')}/{CHECKPOINT_DIR}" if artifact_uri.startswith("s3://") else None
+
+
+class CheckpointMirror:
+    """A copy of the checkpoint folder under an s3:// prefix: a retried pod starts on an empty disk."""
+
+    def __init__(self, uri: str):
+        from components.common import s3 as s3lib
+
+        if not s3lib.is_s3_uri(uri):
+            raise ValueError(f"checkpoint_uri must be an s3:// URI, got {uri!r}")
+        self.s3lib, self.uri, self.client = s3lib, uri.rstrip("/"), s3lib.client()
+        self.pushed: set[str] = set()
+
+    def _names(self) -> dict[str, str]:
+        return {key.rsplit("/", 1)[-1]: key for key in self.s3lib.iter_keys(self.client, self.uri + "/")}
+
+    def restore(self, folder: Path) -> None:
+        """Download the mirrored checkpoint when it is complete (its state.json is written last)."""
+        if "state.json" in self._names():
+            count = self.s3lib.download_dir(self.client, self.uri, folder)
+            self.pushed = {p.name for p in folder.iterdir()}
+            log.info("checkpoint: restored %d files from %s", count, self.uri)
+
+    def push(self, folder: Path) -> None:
+        """Upload new files, then state.json, then delete what the folder no longer holds."""
+        files = {p.name for p in folder.iterdir() if p.is_file() and not p.name.endswith(".tmp")}
+        for name in sorted(files - self.pushed - {"state.json"}) + ["state.json"]:
+            self.s3lib.upload_file(self.client, folder / name, f"{self.uri}/{name}")
+        self.pushed = files
+        self.remove(keep=files)
+
+    def remove(self, keep: set[str] = frozenset()) -> None:
+        bucket = self.s3lib.split_uri(self.uri)[0]
+        for name, key in self._names().items():
+            if name not in keep:
+                self.client.remove_object(bucket, key)
+
+
 def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool, experiment: str,
-               kfp_run_id: str, frozen_model_dir=None) -> StageResult:
+               kfp_run_id: str, frozen_model_dir=None, checkpoint_uri: str | None = None) -> StageResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    st = _Stage(stage, examples_dir, out_dir, params, frozen_model_dir)
+    st = _Stage(stage, examples_dir, out_dir, params, frozen_model_dir, checkpoint_uri)
     state = st.load_state()
     st.prepare_data()
     log.info("%s: %d classes, %d px, %d train images, epochs %d..%d, feature_cache=%s, augment=%s",
@@ -378,6 +427,8 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
         if run is not None:
             _log_results(st, final, history)
     shutil.rmtree(st.checkpoint_dir, ignore_errors=True)
+    if st.mirror:
+        st.mirror.remove()
     seconds = time.perf_counter() - started
     log.info("%s done in %.1fs: val_accuracy %.4f -> %s", stage, seconds, final["final_val_accuracy"], out_dir)
     return StageResult(out_dir=str(out_dir), stage=stage, val_accuracy=final["final_val_accuracy"],

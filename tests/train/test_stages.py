@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from minio.error import S3Error
 
 from components.train import core
 from components.train.model import build_head
@@ -102,30 +103,43 @@ def test_bad_parameters_are_named(synthetic_examples, tmp_path):
         core.train_frozen(tmp_path / "missing", tmp_path / "out", small(), track=False)
 
 
-def test_resume_after_kill_ends_with_complete_history(stack, synthetic_examples, tiny_backbone, tmp_path):
-    """A stage killed after its first finished epoch resumes there on re-run, in the same MLflow run."""
+def test_resume_after_kill_ends_with_complete_history(stack, s3_client, bucket, synthetic_examples, tiny_backbone,
+                                                     tmp_path):
+    """A stage killed after its first finished epoch resumes there on a re-run on a fresh disk (from the S3
+    mirror of its checkpoint), in the same MLflow run."""
+    import shutil
+
     from mlflow.tracking import MlflowClient
 
+    from components.common import s3 as s3lib
     from pipelines.cli import main
 
     out = tmp_path / "model"
+    mirror = f"s3://{bucket}/run-1/model/checkpoint"
     argv = ["train", "frozen", "--examples", str(synthetic_examples), "--out", str(out), "--weights",
             str(tiny_backbone), "--epochs", "40", "--batch-size", "4", "--no-augment", "--early-stopping-patience",
-            "0", "--dense-units", "32", "16", "--kfp-run-id", "resume-test"]
+            "0", "--dense-units", "32", "16", "--kfp-run-id", "resume-test", "--checkpoint-uri", mirror]
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
-    state = out / "checkpoint" / "state.json"
+    def mirrored_epoch() -> int:
+        try:
+            return json.loads(s3_client.get_object(bucket, "run-1/model/checkpoint/state.json").read())["epoch"]
+        except S3Error:
+            return 0
+
     deadline = time.monotonic() + 240
-    while not (state.exists() and json.loads(state.read_text())["epoch"] >= 1):
+    while mirrored_epoch() < 1:
         assert proc.poll() is None and time.monotonic() < deadline, "stage ended before it could be killed"
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = mirrored_epoch()
     assert 1 <= done < 40
     assert not (out / "model.keras").exists()
+    shutil.rmtree(out)  # the retried pod starts on an empty disk
 
     assert main(argv) == 0
+    assert list(s3lib.iter_keys(s3_client, mirror)) == []  # the mirror is removed once the stage finished
     history = json.loads((out / "history.json").read_text())
     assert history["resumed_from_epoch"] >= done
     assert [e["epoch"] for e in history["epochs"]] == list(range(40))
