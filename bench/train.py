@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=10, help="frozen and scratch epochs")
     parser.add_argument("--finetune-epochs", type=int, default=10)
     parser.add_argument("--unfreeze-layers", type=int, default=50)
-    parser.add_argument("--finetune-learning-rate", type=float, default=1e-4)
+    parser.add_argument("--finetune-learning-rate", type=float, default=1e-5)
     parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
