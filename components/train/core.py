@@ -419,7 +419,7 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
         final = st.evaluate()
         log.info("%s final: %s", stage, {k: round(v, 4) for k, v in final.items()})
         history = {"stage": stage, "best_epoch": state["best_epoch"], "epochs": state["history"],
-                   "stopped_early": len(state["history"]) < params.epochs,
+                   "stopped_early": bool(state.get("stopped_early")),
                    "resumed_from_epoch": state["resumed_from_epoch"]}
         metadata = {"stage": stage, "backbone": _backbone_name(st), "image_size": st.image_size,
                     "mlflow_run_id": state["mlflow_run_id"] or "", "val_accuracy": final["final_val_accuracy"]}
@@ -443,7 +443,7 @@ def _epochs(st: _Stage, state: dict, track: bool) -> None:
     import mlflow
 
     p = st.params
-    while state["epoch"] < p.epochs:
+    while state["epoch"] < p.epochs and not state.get("stopped_early"):
         epoch = state["epoch"]
         tic = time.perf_counter()
         fit = st.fitted.fit(st.epoch_data(epoch), validation_data=st.val_data, epochs=epoch + 1,
@@ -466,8 +466,9 @@ def _epochs(st: _Stage, state: dict, track: bool) -> None:
         else:
             state["wait"] += 1
         state["epoch"] = epoch + 1
+        state["stopped_early"] = 0 < p.early_stopping_patience <= state["wait"] and state["epoch"] < p.epochs
         st.save_state(state, improved)
-        if 0 < p.early_stopping_patience <= state["wait"]:
+        if state["stopped_early"]:
             log.info("early stopping after epoch %d: val_loss did not improve for %d epochs", epoch + 1,
                      state["wait"])
             break

@@ -88,6 +88,17 @@ def test_feature_cache_on_trains_the_same_head_as_end_to_end(synthetic_examples,
     assert r_off.val_accuracy == pytest.approx(r_on.val_accuracy, abs=1e-6)
 
 
+def test_early_stopping_restores_the_best_epoch(synthetic_examples, tiny_backbone, tmp_path):
+    result = core.train_frozen(synthetic_examples, tmp_path / "m", small(
+        weights=str(tiny_backbone), feature_cache="on", epochs=60, learning_rate=1e-2, early_stopping_patience=2),
+        track=False)
+    history = json.loads((tmp_path / "m" / "history.json").read_text())
+    losses = [e["val_loss"] for e in history["epochs"]]
+    assert history["stopped_early"] and len(losses) < 60
+    assert result.best_epoch == int(np.argmin(losses)) == len(losses) - 3  # 2 epochs without improvement
+    assert result.val_accuracy == pytest.approx(history["epochs"][result.best_epoch]["val_accuracy"], abs=1e-6)
+
+
 def test_feature_cache_augmented_views(synthetic_examples, tiny_backbone, tmp_path):
     result = core.train_frozen(synthetic_examples, tmp_path / "aug", small(
         weights=str(tiny_backbone), feature_cache="augmented:3", augment=True, epochs=8), track=False)
