@@ -55,6 +55,8 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, test_fraction: fl
         videos: dict[str, list[Path]] = defaultdict(list)
         for path in sorted((src / name).glob("*.png")):
             videos[video_id(path)].append(path)
+        if max_per_video:  # evenly spaced frames; before the split, so the fractions hold for what is kept
+            videos = {v: f[:: max(1, len(f) // max_per_video)][:max_per_video] for v, f in videos.items()}
         order = sorted(videos)
         rng.shuffle(order)
         total, assigned = sum(len(v) for v in videos.values()), defaultdict(int)
@@ -62,10 +64,7 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, test_fraction: fl
             split = ("test" if assigned["test"] < test_fraction * total else
                      "val" if assigned["val"] < val_fraction * total else "train")
             assigned[split] += len(videos[vid])
-            frames = videos[vid]
-            if max_per_video and len(frames) > max_per_video:
-                frames = frames[:: max(1, len(frames) // max_per_video)][:max_per_video]
-            for path in frames:
+            for path in videos[vid]:
                 buf = io.BytesIO()
                 Image.open(path).convert("RGB").resize((image_size, image_size), Image.BILINEAR).save(
                     buf, "JPEG", quality=92)

@@ -172,5 +172,5 @@ def test_frozen_imagenet_beats_scratch_on_real_fish(fish_examples, fish_weights,
     counts = json.loads((Path(fish_examples) / "schema.json").read_text())["num_examples"]
     print(f"fish {counts}: frozen val {frozen.val_accuracy:.3f} ({frozen.seconds:.0f}s), "
           f"scratch val {scratch.val_accuracy:.3f} ({scratch.seconds:.0f}s)")
-    assert frozen.val_accuracy >= 0.35  # 7 classes, unseen videos
-    assert frozen.val_accuracy >= scratch.val_accuracy + 0.12
+    assert frozen.val_accuracy >= 0.40  # 7 classes, unseen videos
+    assert frozen.val_accuracy >= scratch.val_accuracy + 0.15
