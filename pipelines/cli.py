@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "components.ingest.cli",
     "components.register.cli",
     "components.preprocess.cli",
+    "components.train.cli",
 )
 
 

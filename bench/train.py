@@ -1,0 +1,201 @@
+"""Training-stage benchmark on the real fish photos (../shared/data/fish-egu2017), split by video.
+
+Runs train_frozen, finetune and train_scratch (MobileNetV2 alpha 0.35, the shared ImageNet weights) for
+several seeds and reports test accuracy (mean of the seeds) and wall time beside the original design's
+figures; then, on one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K,
+fine-tune images/s and single-image latency of the saved model (model.predict vs a tf.function).
+
+    .venv/bin/python -m bench.train                      # full setting: 160 px, 3 seeds, 10+10 epochs
+    .venv/bin/python -m bench.train --image-size 96 --seeds 1 --epochs 3 --finetune-epochs 2 --max-per-video 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import logging
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import print_table, write_json
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+FISH_DIR = REPO_ROOT.parent / "shared" / "data" / "fish-egu2017"
+WEIGHTS = REPO_ROOT.parent / "shared" / "weights" / "mobilenet_v2_0.35_224_no_top.weights.h5"
+# The original design's method measured here (frozen MobileNetV2-0.35 + head, ImageDataGenerator, 160 px,
+# split by video, 107-image test set): see issue 6.
+ORIGINAL = {"train_frozen": (0.54, 23.5), "finetune": (0.52, None), "train_scratch": (0.33, 75.0)}
+
+
+def video_id(path: Path) -> str:
+    """The video a fish-egu2017 frame comes from: the file name's part before `_fish`."""
+    return path.name.split("_fish")[0]
+
+
+def write_fish_examples(src: Path, dst: Path, image_size: int, test_fraction: float = 0.15,
+                        val_fraction: float = 0.15, max_per_video: int | None = None, seed: int = 0) -> Path:
+    """An `examples` artifact of fish-egu2017, split by video id (per class, seeded), resized to image_size."""
+    from PIL import Image
+
+    from components.common import examples
+
+    classes = sorted(p.name for p in src.iterdir() if p.is_dir())
+    records: dict[str, list[bytes]] = defaultdict(list)
+    rng = random.Random(seed)
+    for label, name in enumerate(classes):
+        videos: dict[str, list[Path]] = defaultdict(list)
+        for path in sorted((src / name).glob("*.png")):
+            videos[video_id(path)].append(path)
+        if max_per_video:  # evenly spaced frames; before the split, so the fractions hold for what is kept
+            videos = {v: f[:: max(1, len(f) // max_per_video)][:max_per_video] for v, f in videos.items()}
+        order = sorted(videos)
+        rng.shuffle(order)
+        total, assigned = sum(len(v) for v in videos.values()), defaultdict(int)
+        for vid in order:
+            split = ("test" if assigned["test"] < test_fraction * total else
+                     "val" if assigned["val"] < val_fraction * total else "train")
+            assigned[split] += len(videos[vid])
+            for path in videos[vid]:
+                buf = io.BytesIO()
+                Image.open(path).convert("RGB").resize((image_size, image_size), Image.BILINEAR).save(
+                    buf, "JPEG", quality=92)
+                data = buf.getvalue()
+                records[split].append(examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
+    counts = {}
+    for split in examples.SPLITS:
+        rows = records[split]
+        random.Random(seed).shuffle(rows)
+        counts[split] = examples.write_tfrecord(dst / split / examples.shard_name(0), rows)
+    examples.write_schema(dst, image_size=image_size, channels=3, num_examples=counts, classes=classes,
+                          num_shards={s: 1 for s in examples.SPLITS}, source="fish-egu2017, split by video")
+    return dst
+
+
+def test_accuracy(model_dir: Path, examples_dir: Path) -> float:
+    import keras
+
+    from components.train import data
+
+    model = keras.saving.load_model(model_dir / "model.keras")
+    labels, preds = [], []
+    for x, y in data.batches(data.image_dataset(examples_dir, "test"), 64):
+        preds.append(np.argmax(model.predict_on_batch(x), axis=1))
+        labels.append(y.numpy())
+    return float(np.mean(np.concatenate(preds) == np.concatenate(labels)))
+
+
+def latency_ms(model_dir: Path, image_size: int, repeats: int) -> dict:
+    """Median single-image latency: model.predict and a compiled tf.function."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_dir / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 255, (1, image_size, image_size, 3)).astype("float32")
+    fn = tf.function(lambda t: model(t, training=False))
+    out = {}
+    for name, call in (("predict", lambda: model.predict(x, verbose=0)), ("tf_function", lambda: fn(x).numpy())):
+        call()
+        times = []
+        for _ in range(repeats):
+            tic = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - tic) * 1000)
+        out[name] = statistics.median(times)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--seeds", type=int, default=3, help="number of seeds (42, 43, ...) to average")
+    parser.add_argument("--epochs", type=int, default=10, help="frozen and scratch epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=10)
+    parser.add_argument("--unfreeze-layers", type=int, default=50)
+    parser.add_argument("--finetune-learning-rate", type=float, default=1e-5)
+    parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")
+    parser.add_argument("--skip-scratch", action="store_true")
+    parser.add_argument("--latency-repeats", type=int, default=50)
+    parser.add_argument("--name", default="train")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    if not FISH_DIR.is_dir() or not WEIGHTS.is_file():
+        raise SystemExit(f"needs {FISH_DIR} and {WEIGHTS} (../shared beside the repository)")
+
+    from components.train import core
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    try:
+        ex = write_fish_examples(FISH_DIR, work / "examples", args.image_size, max_per_video=args.max_per_video)
+        base = dict(batch_size=args.batch_size, early_stopping_patience=args.patience, backbone="MobileNetV2",
+                    alpha=0.35)
+        runs: dict[str, list[dict]] = defaultdict(list)
+        for seed in range(42, 42 + args.seeds):
+            out = work / f"seed{seed}"
+            stages = [("train_frozen", lambda s=seed, o=out: core.train_frozen(ex, o / "frozen", core.TrainParams(
+                **base, seed=s, epochs=args.epochs, weights=str(WEIGHTS), feature_cache=args.feature_cache),
+                track=False)),
+                ("finetune", lambda s=seed, o=out: core.finetune(ex, o / "frozen", o / "finetune", core.TrainParams(
+                    **base, seed=s, epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate,
+                    unfreeze_layers=args.unfreeze_layers), track=False))]
+            if not args.skip_scratch:
+                stages.append(("train_scratch", lambda s=seed, o=out: core.train_scratch(
+                    ex, o / "scratch", core.TrainParams(**base, seed=s, epochs=args.epochs), track=False)))
+            for stage, run in stages:
+                result = run()
+                runs[stage].append({"seconds": result.seconds, "val": result.val_accuracy,
+                                    "test": test_accuracy(Path(result.out_dir), ex), "epochs": result.epochs_run})
+        rows = []
+        for stage, results in runs.items():
+            orig_acc, orig_s = ORIGINAL[stage]
+            rows.append({"stage": stage, "test_acc_mean": statistics.mean(r["test"] for r in results),
+                         "test_acc_min": min(r["test"] for r in results),
+                         "test_acc_max": max(r["test"] for r in results),
+                         "val_acc_mean": statistics.mean(r["val"] for r in results),
+                         "wall_s_mean": statistics.mean(r["seconds"] for r in results),
+                         "epochs_run": "/".join(str(r["epochs"]) for r in results),
+                         "original_test_acc": orig_acc, "original_wall_s": orig_s if orig_s else "-"})
+        print_table(rows)
+
+        speed = []
+        for cache in ("off", "on", "augmented:4"):
+            result = core.train_frozen(ex, work / f"cache-{cache.replace(':', '-')}", core.TrainParams(
+                **{**base, "early_stopping_patience": 0}, seed=42, epochs=args.epochs, weights=str(WEIGHTS),
+                feature_cache=cache), track=False)
+            epochs = json_history(Path(result.out_dir))
+            ips = [e["images_per_second"] for e in epochs]
+            speed.append({"run": f"frozen feature_cache={cache}", "wall_s": result.seconds,
+                          "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": result.val_accuracy})
+        ft = core.finetune(ex, work / "cache-off", work / "ft-speed", core.TrainParams(
+            **{**base, "early_stopping_patience": 0}, seed=42, epochs=max(2, args.finetune_epochs // 2),
+            learning_rate=args.finetune_learning_rate, unfreeze_layers=args.unfreeze_layers), track=False)
+        ips = [e["images_per_second"] for e in json_history(Path(ft.out_dir))[1:]] or [0.0]
+        speed.append({"run": f"finetune last {args.unfreeze_layers} layers (epochs after the first)",
+                      "wall_s": ft.seconds, "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": ft.val_accuracy})
+        lat = latency_ms(work / "cache-off", args.image_size, args.latency_repeats)
+        print_table(speed)
+        print(f"single-image latency @{args.image_size}px: model.predict {lat['predict']:.1f} ms, "
+              f"tf.function {lat['tf_function']:.1f} ms")
+        write_json(args.name, rows, speed=speed, latency_ms=lat, settings=vars(args),
+                   num_examples=json.loads((ex / "schema.json").read_text())["num_examples"])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def json_history(model_dir: Path) -> list[dict]:
+    return json.loads((model_dir / "history.json").read_text())["epochs"]
+
+
+if __name__ == "__main__":
+    main()

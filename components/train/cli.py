@@ -1,0 +1,82 @@
+"""`tlpipe train frozen|finetune|scratch`: run one training stage alone on an `examples` folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def _common(parser: argparse.ArgumentParser, learning_rate: float) -> None:
+    parser.add_argument("--examples", required=True, help="`examples` artifact folder (schema.json + TFRecords)")
+    parser.add_argument("--out", required=True, help="output `model` folder (a checkpoint there is resumed)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
+    parser.add_argument("--early-stopping-patience", type=int, default=3, help="epochs without val-loss gain; 0: off")
+    parser.add_argument("--class-weights", dest="use_class_weights", action="store_true",
+                        help="weight the loss by inverse class frequency")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-mlflow", dest="track", action="store_false",
+                        help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
+    parser.add_argument("--experiment", default="fish-classification")
+    parser.add_argument("--kfp-run-id", default="local", help="pipeline run whose parent MLflow run to nest under")
+    parser.add_argument("--checkpoint-uri", default=None,
+                        help="s3:// prefix mirroring the per-epoch checkpoint (resume on another machine)")
+
+
+def _architecture(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", default="MobileNetV2", choices=["MobileNetV2", "ResNet50", "EfficientNetB0"])
+    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
+    parser.add_argument("--dense-units", type=int, nargs="+", default=[512, 256])
+    parser.add_argument("--dropouts", type=float, nargs="+", default=[0.5, 0.3])
+
+
+def _run(args: argparse.Namespace) -> int:
+    from components.train import core
+
+    params = core.TrainParams(
+        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, augment=args.augment,
+        early_stopping_patience=args.early_stopping_patience, use_class_weights=args.use_class_weights,
+        seed=args.seed)
+    kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id,
+              "checkpoint_uri": args.checkpoint_uri}
+    if args.stage == "finetune":
+        params.unfreeze_layers = args.unfreeze_layers
+        result = core.finetune(args.examples, args.frozen_model, args.out, params, **kwargs)
+    else:
+        params.backbone, params.alpha = args.backbone, args.alpha
+        params.dense_units, params.dropouts = tuple(args.dense_units), tuple(args.dropouts)
+        if args.stage == "frozen":
+            params.weights, params.feature_cache = args.weights, args.feature_cache
+            result = core.train_frozen(args.examples, args.out, params, **kwargs)
+        else:
+            result = core.train_scratch(args.examples, args.out, params, **kwargs)
+    print(json.dumps({"val_accuracy": result.val_accuracy, "train_accuracy": result.train_accuracy,
+                      "top_k_categorical_accuracy": result.top_k_accuracy, "epochs_run": result.epochs_run,
+                      "resumed_from_epoch": result.resumed_from_epoch, "seconds": round(result.seconds, 1),
+                      "mlflow_run_id": result.mlflow_run_id, "model": result.out_dir}, indent=2))
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("train", help="run one training stage (frozen, finetune, scratch) on an examples folder")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    frozen = stages.add_parser("frozen", help="pretrained backbone frozen, new head trained")
+    _common(frozen, 1e-3)
+    _architecture(frozen)
+    frozen.add_argument("--weights", default="imagenet",
+                        help="imagenet | local path | s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras")
+    frozen.add_argument("--feature-cache", default="off", help="off | on | augmented:K")
+
+    ft = stages.add_parser("finetune", help="unfreeze the last layers of a frozen-stage model and continue")
+    _common(ft, 1e-5)
+    ft.add_argument("--frozen-model", required=True, help="model folder written by `tlpipe train frozen`")
+    ft.add_argument("--unfreeze-layers", type=int, default=50)
+
+    scratch = stages.add_parser("scratch", help="the same architecture trained from random weights")
+    _common(scratch, 1e-3)
+    _architecture(scratch)
+    for p in (frozen, ft, scratch):
+        p.set_defaults(func=_run)

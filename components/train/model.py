@@ -1,0 +1,203 @@
+"""The classifier: input normalisation -> backbone (inference mode) -> global pooling -> dense head.
+
+The saved model takes raw 0-255 RGB (float) images and holds its own normalisation, built only from
+stock Keras layers, so `keras.saving.load_model(path)` loads it anywhere in safe mode without our code.
+Layer names are part of the contract with the later stages: `normalize` (absent when the backbone
+normalises itself), `backbone` (a nested model), `pool`, `head` (a nested model: features -> classes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from components.common import s3 as s3lib
+from components.common.log import get_logger
+
+log = get_logger("train.model")
+
+BACKBONES = ("MobileNetV2", "ResNet50", "EfficientNetB0")
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils "caffe" mode, BGR order
+WEIGHTS_CACHE_ENV = "TLPIPE_WEIGHTS_CACHE"
+
+
+class WeightsError(ValueError):
+    """The `weights` argument names nothing usable."""
+
+
+# ----- weights ------------------------------------------------------------------------------------
+def weights_cache_dir() -> Path:
+    """Where downloaded weights are kept: $TLPIPE_WEIGHTS_CACHE or ~/.cache/tlpipe/weights."""
+    return Path(os.environ.get(WEIGHTS_CACHE_ENV) or Path.home() / ".cache" / "tlpipe" / "weights")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_weights(weights: str | None, sha256: str | None = None) -> str | None:
+    """`imagenet` or None unchanged; a local path checked; an s3:// URI downloaded once into the cache.
+
+    A download is verified against `sha256` when given; its digest is recorded so a later run reuses
+    the cached copy only while it is intact.
+    """
+    if weights in (None, "", "none", "None"):
+        return None
+    if weights == "imagenet":
+        return "imagenet"
+    if s3lib.is_s3_uri(weights):
+        return str(_download_weights(weights, sha256))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights={weights!r}: not 'imagenet', not an s3:// URI and no such file")
+    if sha256 and sha256_file(path) != sha256:
+        raise WeightsError(f"weights file {path} has sha256 {sha256_file(path)}, expected {sha256}")
+    return str(path)
+
+
+def _download_weights(uri: str, sha256: str | None) -> Path:
+    """Download `uri` once into the cache (keyed by URI); verify it against `sha256` and the cached digest."""
+    name = Path(s3lib.split_uri(uri)[1]).name
+    target = weights_cache_dir() / hashlib.sha256(uri.encode()).hexdigest()[:16] / name
+    recorded = target.with_name(name + ".sha256")
+    if target.is_file() and recorded.is_file():
+        digest = recorded.read_text().strip()
+        if sha256 in (None, digest) and sha256_file(target) == digest:
+            log.info("weights %s: using cached copy %s", uri, target)
+            return target
+    log.info("weights %s: downloading to %s", uri, target)
+    s3lib.download_file(s3lib.client(), uri, target)
+    digest = sha256_file(target)
+    if sha256 and digest != sha256:
+        target.unlink()
+        raise WeightsError(f"weights {uri}: sha256 {digest} does not match the expected {sha256}")
+    recorded.write_text(digest)
+    return target
+
+
+# ----- layers -------------------------------------------------------------------------------------
+def normalization_layer(backbone: str):
+    """A stock layer applying `keras.applications.<family>.preprocess_input` to raw 0-255 RGB, or None."""
+    import keras
+
+    if backbone == "MobileNetV2":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="normalize")
+    if backbone == "ResNet50":  # caffe mode: RGB -> BGR, minus the ImageNet mean; a fixed 1x1 convolution
+        kernel = np.zeros((1, 1, 3, 3), dtype="float32")
+        for rgb in range(3):
+            kernel[0, 0, rgb, 2 - rgb] = 1.0
+        layer = keras.layers.Conv2D(3, 1, name="normalize", trainable=False, dtype="float32",
+                                    kernel_initializer=keras.initializers.Constant(kernel),
+                                    bias_initializer=keras.initializers.Constant(-np.array(CAFFE_BGR_MEAN)))
+        return layer
+    if backbone == "EfficientNetB0":
+        return None  # keras.applications EfficientNet rescales and normalises inside the model
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: float = 1.0):
+    """A `keras.applications` backbone without top; `weights` = 'imagenet' | weights file | None."""
+    import keras
+
+    shape = (image_size, image_size, 3)
+    if backbone == "MobileNetV2":
+        return keras.applications.MobileNetV2(input_shape=shape, alpha=alpha, include_top=False, weights=weights)
+    if alpha != 1.0:
+        raise ValueError(f"alpha={alpha} applies only to MobileNetV2, not {backbone}")
+    if backbone == "ResNet50":
+        return keras.applications.ResNet50(input_shape=shape, include_top=False, weights=weights)
+    if backbone == "EfficientNetB0":
+        return keras.applications.EfficientNetB0(input_shape=shape, include_top=False, weights=weights)
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+def saved_backbone(path: str, image_size: int):
+    """A backbone model saved as `.keras` (raw 0-255 RGB in, last feature map out), resized to image_size."""
+    import keras
+
+    loaded = keras.saving.load_model(path, compile=False)
+    if len(loaded.inputs) != 1 or len(loaded.outputs) != 1 or len(loaded.outputs[0].shape) != 4:
+        raise WeightsError(f"{path}: a backbone model needs one image input and one 4-D feature map output")
+    config = loaded.get_config()
+    inputs = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
+    inputs[0]["config"]["batch_shape"] = [None, image_size, image_size, 3]
+    config["name"] = "backbone"
+    model = keras.Model.from_config(config)
+    model.set_weights(loaded.get_weights())
+    return model
+
+
+def build_classifier(
+    num_classes: int,
+    image_size: int,
+    backbone: str = "MobileNetV2",
+    weights: str | None = "imagenet",
+    alpha: float = 1.0,
+    dense_units: tuple[int, ...] = (512, 256),
+    dropouts: tuple[float, ...] = (0.5, 0.3),
+    seed: int = 42,
+):
+    """The full image -> class probabilities model, backbone frozen.
+
+    `weights`: 'imagenet', None, a local/s3:// Keras weights file for the stock `backbone`, or a saved
+    backbone model (`.keras`, which carries its own normalisation and config; `backbone` is then ignored).
+    """
+    import keras
+
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    if len(dense_units) != len(dropouts):
+        raise ValueError(f"dense_units {dense_units} and dropouts {dropouts} must have the same length")
+    resolved = resolve_weights(weights)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    if resolved is not None and resolved.endswith(".keras"):
+        base, x = saved_backbone(resolved, image_size), inputs
+    else:
+        base = stock_backbone(backbone, image_size, resolved, alpha)
+        norm = normalization_layer(backbone)
+        x = norm(inputs) if norm is not None else inputs
+    base.name = "backbone"
+    base.trainable = False
+    # training=False documents intent, but Keras 3 lets fit()'s training=True override it: BatchNormalization
+    # stays in inference mode because its layers are non-trainable (Keras 3 semantics), in every stage.
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(base(x, training=False))
+    head = build_head(int(features.shape[-1]), num_classes, dense_units, dropouts, seed)
+    return keras.Model(inputs, head(features), name="classifier")
+
+
+def build_head(feature_dim: int, num_classes: int, dense_units=(512, 256), dropouts=(0.5, 0.3), seed: int = 42):
+    """Pooled features -> Dense/Dropout blocks -> softmax; all randomness seeded."""
+    import keras
+
+    features = keras.Input((feature_dim,), name="features")
+    x = features
+    for i, (units, rate) in enumerate(zip(dense_units, dropouts, strict=True)):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense_{i}",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed + 10 * i))(x)
+        x = keras.layers.Dropout(rate, seed=seed + 10 * i + 1, name=f"dropout_{i}")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions",
+                                 kernel_initializer=keras.initializers.GlorotUniform(seed + 1000))(x)
+    return keras.Model(features, outputs, name="head")
+
+
+def unfreeze_last(classifier, count: int) -> list[str]:
+    """Make the last `count` non-BatchNormalization backbone layers trainable (BN stays frozen); their names."""
+    import keras
+
+    if count < 0:
+        raise ValueError(f"unfreeze_layers must be >= 0, got {count}")
+    backbone = classifier.get_layer("backbone")
+    backbone.trainable = True
+    candidates = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.BatchNormalization)]
+    chosen = candidates[-count:] if count else []
+    chosen_ids = {id(layer) for layer in chosen}
+    for layer in backbone.layers:
+        layer.trainable = id(layer) in chosen_ids
+    return [layer.name for layer in chosen]
