@@ -71,3 +71,28 @@ def synthetic_examples(tmp_path) -> Path:
     from components.common.synthetic import write_examples
 
     return write_examples(tmp_path / "examples")
+
+
+@pytest.fixture(scope="session")
+def model_factory():
+    """tests/model_factory.py (tiny trained Keras classifiers in the `model` artifact layout) as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tlpipe_test_model_factory", REPO_ROOT / "tests" / "model_factory.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def session_examples(tmp_path_factory) -> Path:
+    """The synthetic examples artifact (same content as `synthetic_examples`), shared by the session."""
+    from components.common.synthetic import write_examples
+
+    return write_examples(tmp_path_factory.mktemp("examples") / "examples")
+
+
+@pytest.fixture(scope="session")
+def trained(model_factory, session_examples):
+    """(model, history) of a tiny CNN trained on the synthetic train split."""
+    return model_factory.train_model(session_examples)

@@ -139,6 +139,20 @@ def ensure_bucket(s3: Minio, bucket: str) -> None:
         s3.make_bucket(bucket)
 
 
+def read_object(s3: Minio, bucket: str, key: str, endpoint: str = "") -> bytes:
+    """The bytes of one object, with transient faults retried (connection released either way)."""
+
+    def get() -> bytes:
+        response = s3.get_object(bucket, key)
+        try:
+            return response.read()
+        finally:
+            response.close()
+            response.release_conn()
+
+    return retry(get, what=f"read s3://{bucket}/{key}", endpoint=endpoint, bucket=bucket)
+
+
 def upload_file(s3: Minio, path: str | os.PathLike, uri: str) -> None:
     bucket, key = split_uri(uri)
     retry(lambda: s3.fput_object(bucket, key, str(path)), what=f"upload {uri}", bucket=bucket)

@@ -186,21 +186,9 @@ def iter_listing(s3: Minio, endpoint: str, bucket: str, prefix: str) -> Iterator
         last = page[-1].object_name
 
 
-def _read_object(s3: Minio, endpoint: str, bucket: str, key: str) -> bytes:
-    def get() -> bytes:
-        response = s3.get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
-
-    return s3lib.retry(get, what=f"read s3://{bucket}/{key}", endpoint=endpoint, bucket=bucket)
-
-
 def _check_object(s3: Minio, endpoint: str, bucket: str, item: Listed, max_image_pixels: int) -> Listed:
     try:
-        data = _read_object(s3, endpoint, bucket, item.key)
+        data = s3lib.read_object(s3, bucket, item.key, endpoint=endpoint)
     except S3Error as exc:
         if exc.code != "NoSuchKey":
             raise

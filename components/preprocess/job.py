@@ -208,16 +208,8 @@ def _fetch_and_process(s3, row, image_size: int, resize_mode: str, quality: int)
     uri, label_index, sha256 = row
     bucket, key = s3lib.split_uri(uri)
 
-    def get() -> bytes:
-        response = s3.get_object(bucket, key)
-        try:
-            return response.read()
-        finally:
-            response.close()
-            response.release_conn()
-
     try:
-        data = s3lib.retry(get, what=f"read {uri}", bucket=bucket)
+        data = s3lib.read_object(s3, bucket, key)
     except S3Error as exc:
         if exc.code == "NoSuchKey":
             return uri, sha256, None, "object is missing in S3 (deleted since ingest)"

@@ -1,32 +1,10 @@
-"""Fixtures of the register tests: a trained model, its artifacts, a manifest (shares tests/evaluate's factory)."""
+"""Fixtures of the register tests: a manifest (the trained model comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def model_factory():
-    path = Path(__file__).parents[1] / "evaluate" / "model_factory.py"
-    spec = importlib.util.spec_from_file_location("tlpipe_test_model_factory", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def session_examples(tmp_path_factory) -> Path:
-    from components.common.synthetic import write_examples
-
-    return write_examples(tmp_path_factory.mktemp("examples") / "examples")
-
-
-@pytest.fixture(scope="session")
-def trained(model_factory, session_examples):
-    return model_factory.train_model(session_examples)
 
 
 @pytest.fixture(scope="session")
