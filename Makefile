@@ -12,8 +12,9 @@ BIN    := $(VENV)/bin
 venv: $(VENV)/.installed
 
 # One quiet install step from the lock file, then the project itself (editable, no dependency resolution).
-$(VENV)/.installed: pyproject.toml requirements.lock
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-tools.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-tools.txt $(QUIET_PIP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
 	touch $@

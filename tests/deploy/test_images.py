@@ -45,13 +45,13 @@ def requirements_of(name: str) -> set[str]:
 
 
 def venv_tools() -> dict[str, str]:
-    """pip/setuptools/wheel, which pip freeze leaves out of the lock: pinned where the base image makes its venv."""
-    line = next(x for x in (DOCKER / "base" / "Dockerfile").read_text().splitlines() if "setuptools==" in x)
-    return dict(re.findall(r"(pip|setuptools|wheel)==(\S+)", line))
+    """pip/setuptools/wheel, which pip freeze leaves out of the lock: pinned in requirements-tools.txt."""
+    return dict(re.findall(r"^(pip|setuptools|wheel)==(\S+)$", (REPO / "requirements-tools.txt").read_text(), re.M))
 
 
 def test_venv_tools_pinned_as_in_the_development_venv():
     assert venv_tools() == {name: md.version(name) for name in ("pip", "setuptools", "wheel")}
+    assert "requirements-tools.txt" in (DOCKER / "base" / "Dockerfile").read_text()
 
 
 def test_every_image_family_has_a_dockerfile():
