@@ -27,6 +27,7 @@ from pipelines.settings import CREDENTIALS_SECRET, ImageSettings, ResourceSettin
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"
+TRAINING_STEPS = ("train-frozen", "finetune", "train-scratch")
 
 
 class PipelineOutputs(NamedTuple):
@@ -58,7 +59,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     gpu = resources.gpu
 
     def step(fn, name: str):
-        return dsl.component(fn, base_image=images.for_step(name, gpu=gpu), install_kfp_package=False)
+        on_gpu = gpu and name in TRAINING_STEPS  # evaluate/register stay on the CPU image
+        return dsl.component(fn, base_image=images.for_step(name, gpu=on_gpu), install_kfp_package=False)
 
     fingerprint = step(listing_fingerprint_op, "ingest")
     ingest = step(ingest_op, "ingest")

@@ -101,6 +101,8 @@ def test_gpu_compile_switches_train_steps(tmp_path):
     assert train["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     ingest = doc["deploymentSpec"]["executors"]["exec-ingest-op"]["container"]
     assert ingest["image"] == ImageSettings().image("base") and "accelerator" not in ingest.get("resources", {})
+    evaluate = doc["deploymentSpec"]["executors"]["exec-evaluate-op"]["container"]
+    assert evaluate["image"] == ImageSettings().image("train") and "accelerator" not in evaluate.get("resources", {})
 
 
 def test_compile_command(tmp_path, capsys):
