@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from components.common.log import get_logger
-from components.preprocess import job, remote
+from components.preprocess import core, job, remote
 
 log = get_logger("preprocess.dataproc")
 
@@ -62,10 +62,7 @@ class DataprocOptions:
 
     @classmethod
     def from_dict(cls, options: dict) -> DataprocOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown spark_options for backend 'dataproc': {unknown}; known: {sorted(known)}")
+        core.check_options(options, {f.name for f in fields(cls)}, "dataproc")
         opts = cls(**{**options, "security_group_ids": tuple(options.get("security_group_ids", ()))})
         if not opts.cluster_id and not (opts.folder_id and opts.subnet_id and opts.service_account_id):
             raise ValueError("spark_options for 'dataproc' need either cluster_id (an existing cluster) or "

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field, fields
 
 from components.common.log import get_logger
-from components.preprocess import job, remote
+from components.preprocess import core, job, remote
 
 log = get_logger("preprocess.k8s")
 
@@ -56,10 +56,7 @@ class K8sOptions:
 
     @classmethod
     def from_dict(cls, options: dict) -> K8sOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ValueError(f"unknown spark_options for backend 'k8s': {unknown}; known: {sorted(known)}")
+        core.check_options(options, {f.name for f in fields(cls)}, "k8s")
         return cls(**options)
 
 
