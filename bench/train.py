@@ -1,8 +1,8 @@
 """Training-stage benchmark on the real fish photos (../shared/data/fish-egu2017), split by video.
 
 Runs train_frozen, finetune and train_scratch (MobileNetV2 alpha 0.35, the shared ImageNet weights) for
-several seeds and reports test accuracy (mean of the seeds) and wall time beside the original design's
-figures; then, on one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K,
+several seeds (each seed its own video split, see write_fish_examples, and its own training seed) and
+reports test accuracy (mean of the seeds) and wall time beside the original design's figures; then, on one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K,
 fine-tune images/s and single-image latency of the saved model (model.predict vs a tf.function).
 
     .venv/bin/python -m bench.train                      # full setting: 160 px, 3 seeds, 10+10 epochs
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import random
@@ -41,35 +40,34 @@ def video_id(path: Path) -> str:
     return path.name.split("_fish")[0]
 
 
-def write_fish_examples(src: Path, dst: Path, image_size: int, test_fraction: float = 0.15,
-                        val_fraction: float = 0.15, max_per_video: int | None = None, seed: int = 0) -> Path:
-    """An `examples` artifact of fish-egu2017, split by video id (per class, seeded), resized to image_size."""
-    from PIL import Image
+def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str, float] | None = None,
+                        max_per_video: int | None = None, split_salt: str = "", seed: int = 0) -> Path:
+    """An `examples` artifact of fish-egu2017 made with the product's own split and image processing.
 
+    Ingest's `split_groups` (groups = video ids, stratified per class, train/val/test 0.7/0.15/0.15 by
+    default) keeps every video whole in one split and each split near its share of every class; another
+    `split_salt` gives another such split (test accuracy swings by ~0.07 between them here). Images go
+    through preprocess's `images.process` (squash to image_size, JPEG quality 95).
+    """
     from components.common import examples
+    from components.ingest.split import split_groups
+    from components.preprocess.images import process
 
     classes = sorted(p.name for p in src.iterdir() if p.is_dir())
-    records: dict[str, list[bytes]] = defaultdict(list)
-    rng = random.Random(seed)
+    frames: dict[str, list[tuple[int, Path]]] = defaultdict(list)
     for label, name in enumerate(classes):
-        videos: dict[str, list[Path]] = defaultdict(list)
         for path in sorted((src / name).glob("*.png")):
-            videos[video_id(path)].append(path)
-        if max_per_video:  # evenly spaced frames; before the split, so the fractions hold for what is kept
-            videos = {v: f[:: max(1, len(f) // max_per_video)][:max_per_video] for v, f in videos.items()}
-        order = sorted(videos)
-        rng.shuffle(order)
-        total, assigned = sum(len(v) for v in videos.values()), defaultdict(int)
-        for vid in order:
-            split = ("test" if assigned["test"] < test_fraction * total else
-                     "val" if assigned["val"] < val_fraction * total else "train")
-            assigned[split] += len(videos[vid])
-            for path in videos[vid]:
-                buf = io.BytesIO()
-                Image.open(path).convert("RGB").resize((image_size, image_size), Image.BILINEAR).save(
-                    buf, "JPEG", quality=92)
-                data = buf.getvalue()
-                records[split].append(examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
+            frames[video_id(path)].append((label, path))
+    if max_per_video:  # evenly spaced frames; before the split, so the ratios hold for what is kept
+        frames = {v: f[:: max(1, len(f) // max_per_video)][:max_per_video] for v, f in frames.items()}
+    assignment = split_groups({v: [classes[label] for label, _ in f] for v, f in frames.items()},
+                              ratios or {"train": 0.7, "val": 0.15, "test": 0.15}, salt=split_salt)
+    records: dict[str, list[bytes]] = defaultdict(list)
+    for vid, video_frames in sorted(frames.items()):
+        for label, path in video_frames:
+            data = process(path.read_bytes(), image_size)
+            records[assignment[vid]].append(
+                examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
     counts = {}
     for split in examples.SPLITS:
         rows = records[split]
@@ -122,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unfreeze-layers", type=int, default=50)
     parser.add_argument("--finetune-learning-rate", type=float, default=1e-5)
     parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
+    parser.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")
@@ -137,25 +136,28 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        ex = write_fish_examples(FISH_DIR, work / "examples", args.image_size, max_per_video=args.max_per_video)
         base = dict(batch_size=args.batch_size, early_stopping_patience=args.patience, backbone="MobileNetV2",
                     alpha=0.35)
         runs: dict[str, list[dict]] = defaultdict(list)
-        for seed in range(42, 42 + args.seeds):
+        splits = {}
+        for seed in range(42, 42 + args.seeds):  # each seed: its own video split and its own training seed
             out = work / f"seed{seed}"
-            stages = [("train_frozen", lambda s=seed, o=out: core.train_frozen(ex, o / "frozen", core.TrainParams(
-                **base, seed=s, epochs=args.epochs, weights=str(WEIGHTS), feature_cache=args.feature_cache),
-                track=False)),
-                ("finetune", lambda s=seed, o=out: core.finetune(ex, o / "frozen", o / "finetune", core.TrainParams(
-                    **base, seed=s, epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate,
-                    unfreeze_layers=args.unfreeze_layers), track=False))]
+            ex = write_fish_examples(FISH_DIR, out / "examples", args.image_size, max_per_video=args.max_per_video,
+                                     split_salt=str(seed))
+            splits[seed] = json.loads((ex / "schema.json").read_text())["num_examples"]
+            frozen = core.train_frozen(ex, out / "frozen", core.TrainParams(
+                **base, seed=seed, epochs=args.epochs, weights=str(WEIGHTS), feature_cache=args.feature_cache),
+                track=False)
+            results = [frozen, core.finetune(ex, out / "frozen", out / "finetune", core.TrainParams(
+                **base, seed=seed, epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate,
+                unfreeze_layers=args.unfreeze_layers, augment=args.finetune_augment), track=False)]
             if not args.skip_scratch:
-                stages.append(("train_scratch", lambda s=seed, o=out: core.train_scratch(
-                    ex, o / "scratch", core.TrainParams(**base, seed=s, epochs=args.epochs), track=False)))
-            for stage, run in stages:
-                result = run()
-                runs[stage].append({"seconds": result.seconds, "val": result.val_accuracy,
-                                    "test": test_accuracy(Path(result.out_dir), ex), "epochs": result.epochs_run})
+                results.append(core.train_scratch(ex, out / "scratch", core.TrainParams(
+                    **base, seed=seed, epochs=args.epochs), track=False))
+            for result in results:
+                runs[result.stage].append({"seconds": result.seconds, "val": result.val_accuracy,
+                                           "test": test_accuracy(Path(result.out_dir), ex),
+                                           "epochs": result.epochs_run, "best_epoch": result.best_epoch})
         rows = []
         for stage, results in runs.items():
             orig_acc, orig_s = ORIGINAL[stage]
@@ -168,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                          "original_test_acc": orig_acc, "original_wall_s": orig_s if orig_s else "-"})
         print_table(rows)
 
+        ex = work / "seed42" / "examples"
         speed = []
         for cache in ("off", "on", "augmented:4"):
             result = core.train_frozen(ex, work / f"cache-{cache.replace(':', '-')}", core.TrainParams(
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"single-image latency @{args.image_size}px: model.predict {lat['predict']:.1f} ms, "
               f"tf.function {lat['tf_function']:.1f} ms")
         write_json(args.name, rows, speed=speed, latency_ms=lat, settings=vars(args),
-                   num_examples=json.loads((ex / "schema.json").read_text())["num_examples"])
+                   num_examples_per_seed=splits)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

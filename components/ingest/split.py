@@ -19,9 +19,9 @@ def check_ratios(ratios: Mapping[str, float]) -> None:
                          f"({dict(ratios)})")
 
 
-def _order_key(group: str) -> str:
-    """Order of groups within a class: pseudo-random but fixed by the group id (content or source name)."""
-    return hashlib.sha256(group.encode()).hexdigest()
+def _order_key(group: str, salt: str = "") -> str:
+    """Order of groups within a class: pseudo-random but fixed by the group id (and the salt, when given)."""
+    return hashlib.sha256((f"{salt}:{group}" if salt else group).encode()).hexdigest()
 
 
 def majority_class(labels: Sequence[str]) -> str:
@@ -30,8 +30,9 @@ def majority_class(labels: Sequence[str]) -> str:
     return min(counts, key=lambda c: (-counts[c], c))
 
 
-def split_groups(group_labels: Mapping[str, Sequence[str]], ratios: Mapping[str, float]) -> dict[str, str]:
-    """Map each group id to a split.
+def split_groups(group_labels: Mapping[str, Sequence[str]], ratios: Mapping[str, float],
+                 salt: str = "") -> dict[str, str]:
+    """Map each group id to a split; another `salt` gives another split, just as deterministic.
 
     `group_labels[g]` lists the label of every image of group g. Per majority class, groups are taken in a
     fixed pseudo-random order. First every smaller split with a non-zero ratio (test, then val) is seeded with
@@ -45,7 +46,7 @@ def split_groups(group_labels: Mapping[str, Sequence[str]], ratios: Mapping[str,
         by_class[majority_class(labels)].append(group)
     assignment: dict[str, str] = {}
     for groups in by_class.values():
-        assignment.update(_split_class(sorted(groups, key=_order_key), group_labels, ratios))
+        assignment.update(_split_class(sorted(groups, key=lambda g: _order_key(g, salt)), group_labels, ratios))
     return assignment
 
 

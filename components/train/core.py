@@ -2,7 +2,7 @@
 
 Each stage reads an `examples` artifact, trains with a resumable per-epoch loop (checkpoint under
 `<out>/checkpoint/`, removed once the stage finishes), early stopping on val loss with best-weights
-restore, logs a nested MLflow run, and writes the `model` artifact:
+restore (for finetune the frozen-stage model it starts from is a candidate too), logs a nested MLflow run, and writes the `model` artifact:
 `model.keras`, `class_indices.json`, `history.json`, `curves.png`. With `checkpoint_uri` (s3://) the
 checkpoint is also mirrored there each epoch, so a retry on a fresh disk resumes too.
 """
@@ -82,7 +82,7 @@ class StageResult:
     train_accuracy: float
     top_k_accuracy: float
     mlflow_run_id: str | None
-    best_epoch: int
+    best_epoch: int  # 0-based; -1: no epoch beat the starting weights (fine-tune kept the frozen-stage model)
     epochs_run: int
     resumed_from_epoch: int
     seconds: float
@@ -304,15 +304,35 @@ class _Stage:
             state["best_weights"] = f"best-{epoch:04d}.weights.h5"
             shutil.copyfile(self.checkpoint_dir / last, self.checkpoint_dir / state["best_weights"])
         state["last_weights"] = last
-        tmp = self.checkpoint_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.checkpoint_dir / "state.json")
+        self._write_state(state)
         keep = {last, state.get("best_weights"), "state.json"}
         for path in self.checkpoint_dir.glob("*.weights.h5"):
             if path.name not in keep:
                 path.unlink()
         if self.mirror:
             self.mirror.push(self.checkpoint_dir)
+
+    def save_start(self, state: dict) -> None:
+        """Score the starting weights (fine-tune: the frozen-stage model) on val and keep them as the best so far.
+
+        Early stopping then restores them when no epoch beats their val loss: fine-tuning never ends worse
+        on val than the model it started from.
+        """
+        val = self.fitted.evaluate(self.val_data, verbose=0, return_dict=True)
+        state.update(best_val_loss=float(val["loss"]), best_epoch=-1,
+                     start={"val_loss": float(val["loss"]), "val_accuracy": float(val["accuracy"])})
+        log.info("%s starts from val_loss %.4f val_acc %.4f", self.stage, val["loss"], val["accuracy"])
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        state["best_weights"] = state["last_weights"] = "start.weights.h5"
+        self.fitted.save_weights(self.checkpoint_dir / "start.weights.h5")
+        self._write_state(state)
+        if self.mirror:
+            self.mirror.push(self.checkpoint_dir)
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.checkpoint_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.checkpoint_dir / "state.json")
 
     # -- evaluation --
     def evaluate(self) -> dict:
@@ -411,15 +431,20 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
         if run is not None and state["mlflow_run_id"] is None:
             state["mlflow_run_id"] = run.info.run_id
             _log_params(stage, st)
+        if stage == "finetune" and state["best_val_loss"] is None:
+            st.save_start(state)
         _epochs(st, state, run is not None)
-        if state.get("best_weights"):
-            st.fitted.load_weights(st.checkpoint_dir / state["best_weights"])
+        st.fitted.load_weights(st.checkpoint_dir / state["best_weights"])
+        if state["best_epoch"] < 0:
+            log.warning("no %s epoch improved on the starting val_loss %.4f: keeping the starting weights",
+                        stage, state["best_val_loss"])
+        else:
             log.info("restored the weights of the best epoch %d (val_loss %.4f)", state["best_epoch"] + 1,
                      state["best_val_loss"])
         final = st.evaluate()
         log.info("%s final: %s", stage, {k: round(v, 4) for k, v in final.items()})
         history = {"stage": stage, "best_epoch": state["best_epoch"], "epochs": state["history"],
-                   "stopped_early": bool(state.get("stopped_early")),
+                   "stopped_early": bool(state.get("stopped_early")), "start": state.get("start"),
                    "resumed_from_epoch": state["resumed_from_epoch"]}
         metadata = {"stage": stage, "backbone": _backbone_name(st), "image_size": st.image_size,
                     "mlflow_run_id": state["mlflow_run_id"] or "", "val_accuracy": final["final_val_accuracy"]}

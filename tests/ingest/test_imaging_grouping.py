@@ -114,6 +114,8 @@ def test_split_is_deterministic_stratified_and_covers_every_split():
         total = sum(sizes.values())
         for split, ratio in ratios.items():
             assert abs(sizes[split] / total - ratio) < 0.05, (c, sizes)
+    salted = split_groups(groups, ratios, salt="1")
+    assert salted == split_groups(shuffled, ratios, salt="1") and salted != first
     few = {"a": ["x"] * 5, "b": ["x"], "c": ["x"]}  # 3 groups: one per split, the big one in train
     assert split_groups(few, ratios) == {"a": "train", "b": "test", "c": "val"} or \
         sorted(split_groups(few, ratios).values()) == ["test", "train", "val"]

@@ -99,6 +99,19 @@ def test_early_stopping_restores_the_best_epoch(synthetic_examples, tiny_backbon
     assert result.val_accuracy == pytest.approx(history["epochs"][result.best_epoch]["val_accuracy"], abs=1e-6)
 
 
+def test_finetune_keeps_the_frozen_model_when_no_epoch_beats_it(synthetic_examples, tiny_backbone, tmp_path):
+    frozen = core.train_frozen(synthetic_examples, tmp_path / "frozen", small(
+        weights=str(tiny_backbone), feature_cache="on", epochs=8), track=False)
+    wrecked = core.finetune(synthetic_examples, tmp_path / "frozen", tmp_path / "ft", small(
+        learning_rate=5.0, epochs=2, unfreeze_layers=2), track=False)  # a step size that ruins every epoch
+    history = json.loads((tmp_path / "ft" / "history.json").read_text())
+    assert history["start"]["val_accuracy"] == pytest.approx(frozen.val_accuracy, abs=1e-6)
+    assert all(e["val_loss"] > history["start"]["val_loss"] for e in history["epochs"])
+    assert wrecked.best_epoch == history["best_epoch"] == -1 and len(history["epochs"]) == 2
+    assert wrecked.val_accuracy == pytest.approx(frozen.val_accuracy, abs=1e-6)
+    assert not (tmp_path / "ft" / "checkpoint").exists()
+
+
 def test_feature_cache_augmented_views(synthetic_examples, tiny_backbone, tmp_path):
     result = core.train_frozen(synthetic_examples, tmp_path / "aug", small(
         weights=str(tiny_backbone), feature_cache="augmented:3", augment=True, epochs=8), track=False)
