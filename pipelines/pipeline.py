@@ -110,6 +110,7 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         augment: bool = True,
         feature_cache: str = "off",
         early_stopping_patience: int = 3,
+        early_stopping_monitor: str = "val_loss",
         use_class_weights: bool = False,
         seed: int = 42,
         group_pattern: str = "",
@@ -136,8 +137,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         examples = prep.outputs["examples"]
 
         common = dict(examples=examples, batch_size=batch_size, augment=augment, seed=seed,
-                      early_stopping_patience=early_stopping_patience, use_class_weights=use_class_weights,
-                      experiment=experiment)
+                      early_stopping_patience=early_stopping_patience, early_stopping_monitor=early_stopping_monitor,
+                      use_class_weights=use_class_weights, experiment=experiment)
         frozen = trainer(train_frozen(
             backbone=backbone, alpha=alpha, weights=weights, epochs=epochs, learning_rate=learning_rate,
             feature_cache=feature_cache, **common), "train-frozen")

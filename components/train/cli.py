@@ -13,7 +13,9 @@ def _common(parser: argparse.ArgumentParser, learning_rate: float) -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
-    parser.add_argument("--early-stopping-patience", type=int, default=3, help="epochs without val-loss gain; 0: off")
+    parser.add_argument("--early-stopping-patience", type=int, default=3, help="epochs without a val gain; 0: off")
+    parser.add_argument("--early-stopping-monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
+                        help="the val metric that picks the best epoch")
     parser.add_argument("--class-weights", dest="use_class_weights", action="store_true",
                         help="weight the loss by inverse class frequency")
     parser.add_argument("--seed", type=int, default=42)
@@ -37,7 +39,8 @@ def _run(args: argparse.Namespace) -> int:
 
     params = core.TrainParams(
         batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, augment=args.augment,
-        early_stopping_patience=args.early_stopping_patience, use_class_weights=args.use_class_weights,
+        early_stopping_patience=args.early_stopping_patience, early_stopping_monitor=args.early_stopping_monitor,
+        use_class_weights=args.use_class_weights,
         seed=args.seed)
     kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id,
               "checkpoint_uri": args.checkpoint_uri}

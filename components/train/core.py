@@ -1,10 +1,11 @@
 """The three training stages (DESIGN.md §4): train_frozen, finetune, train_scratch.
 
 Each stage reads an `examples` artifact, trains with a resumable per-epoch loop (checkpoint under
-`<out>/checkpoint/`, removed once the stage finishes), early stopping on val loss with best-weights
-restore (for finetune the frozen-stage model it starts from is a candidate too), logs a nested MLflow run, and writes the `model` artifact:
-`model.keras`, `class_indices.json`, `history.json`, `curves.png`. With `checkpoint_uri` (s3://) the
-checkpoint is also mirrored there each epoch, so a retry on a fresh disk resumes too.
+`<out>/checkpoint/`, removed once the stage finishes), early stopping on val loss or val accuracy with
+best-weights restore (for finetune, the frozen-stage model it starts from is a candidate too), logs a
+nested MLflow run, and writes the `model` artifact: `model.keras`, `class_indices.json`, `history.json`,
+`curves.png`. With `checkpoint_uri` (s3://) the checkpoint is also mirrored there each epoch, so a retry on
+a fresh disk resumes too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,14 @@ STAGES = ("train_frozen", "finetune", "train_scratch")
 CHECKPOINT_DIR = "checkpoint"
 MODEL_FILE = "model.keras"
 TOP_K = 3
+MONITORS = ("val_loss", "val_accuracy")  # what early stopping and best-weights restore compare
+
+
+def is_better(row: dict, best: dict | None, monitor: str) -> bool:
+    """Whether an epoch's val metrics beat the best so far: lower val_loss, or higher val_accuracy."""
+    if best is None:
+        return True
+    return row[monitor] < best[monitor] if monitor == "val_loss" else row[monitor] > best[monitor]
 
 
 @dataclass
@@ -41,6 +50,7 @@ class TrainParams:
     learning_rate: float = 1e-3
     augment: bool = True
     early_stopping_patience: int = 3  # <= 0: no early stopping
+    early_stopping_monitor: str = "val_loss"  # or val_accuracy: which val metric picks the best epoch
     use_class_weights: bool = False
     seed: int = 42
     feature_cache: str = "off"  # off | on | augmented:K (train_frozen only)
@@ -58,6 +68,8 @@ class TrainParams:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.early_stopping_monitor not in MONITORS:
+            raise ValueError(f"early_stopping_monitor must be one of {MONITORS}, got {self.early_stopping_monitor!r}")
         if feature_cache_views(self.feature_cache) and self.feature_cache != "on" and not self.augment:
             raise ValueError(f"feature_cache={self.feature_cache!r} needs augment=True (use 'on' without augmentation)")
 
@@ -276,7 +288,7 @@ class _Stage:
 
     def load_state(self) -> dict:
         """The last finished epoch's state, or a fresh one (a checkpoint of other params is discarded)."""
-        fresh = {"epoch": 0, "history": [], "best_val_loss": None, "best_epoch": -1, "wait": 0,
+        fresh = {"epoch": 0, "history": [], "best": None, "best_epoch": -1, "wait": 0,
                  "mlflow_run_id": None, "fingerprint": self.fingerprint(), "resumed_from_epoch": 0}
         state_file = self.checkpoint_dir / "state.json"
         if not state_file.exists() and self.mirror:
@@ -315,12 +327,12 @@ class _Stage:
     def save_start(self, state: dict) -> None:
         """Score the starting weights (fine-tune: the frozen-stage model) on val and keep them as the best so far.
 
-        Early stopping then restores them when no epoch beats their val loss: fine-tuning never ends worse
-        on val than the model it started from.
+        Early stopping then restores them when no epoch beats their monitored val metric: fine-tuning never
+        ends worse on val than the model it started from.
         """
         val = self.fitted.evaluate(self.val_data, verbose=0, return_dict=True)
-        state.update(best_val_loss=float(val["loss"]), best_epoch=-1,
-                     start={"val_loss": float(val["loss"]), "val_accuracy": float(val["accuracy"])})
+        start = {"val_loss": float(val["loss"]), "val_accuracy": float(val["accuracy"])}
+        state.update(best=start, best_epoch=-1, start=start)
         log.info("%s starts from val_loss %.4f val_acc %.4f", self.stage, val["loss"], val["accuracy"])
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state["best_weights"] = state["last_weights"] = "start.weights.h5"
@@ -431,16 +443,17 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
         if run is not None and state["mlflow_run_id"] is None:
             state["mlflow_run_id"] = run.info.run_id
             _log_params(stage, st)
-        if stage == "finetune" and state["best_val_loss"] is None:
+        if stage == "finetune" and state["best"] is None:
             st.save_start(state)
         _epochs(st, state, run is not None)
         st.fitted.load_weights(st.checkpoint_dir / state["best_weights"])
+        monitor = params.early_stopping_monitor
         if state["best_epoch"] < 0:
-            log.warning("no %s epoch improved on the starting val_loss %.4f: keeping the starting weights",
-                        stage, state["best_val_loss"])
+            log.warning("no %s epoch improved on the starting %s %.4f: keeping the starting weights",
+                        stage, monitor, state["best"][monitor])
         else:
-            log.info("restored the weights of the best epoch %d (val_loss %.4f)", state["best_epoch"] + 1,
-                     state["best_val_loss"])
+            log.info("restored the weights of the best epoch %d (%s %.4f)", state["best_epoch"] + 1, monitor,
+                     state["best"][monitor])
         final = st.evaluate()
         log.info("%s final: %s", stage, {k: round(v, 4) for k, v in final.items()})
         history = {"stage": stage, "best_epoch": state["best_epoch"], "epochs": state["history"],
@@ -464,7 +477,7 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
 
 
 def _epochs(st: _Stage, state: dict, track: bool) -> None:
-    """Train the remaining epochs; checkpoint after each; stop early on val loss."""
+    """Train the remaining epochs; checkpoint after each; stop early on the monitored val metric."""
     import mlflow
 
     p = st.params
@@ -485,17 +498,17 @@ def _epochs(st: _Stage, state: dict, track: bool) -> None:
         if track:
             mlflow.log_metrics({k: row[k] for k in ("train_accuracy", "train_loss", "val_accuracy", "val_loss")},
                                step=epoch)
-        improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
+        improved = is_better(row, state["best"], p.early_stopping_monitor)
         if improved:
-            state.update(best_val_loss=row["val_loss"], best_epoch=epoch, wait=0)
+            state.update(best={k: row[k] for k in MONITORS}, best_epoch=epoch, wait=0)
         else:
             state["wait"] += 1
         state["epoch"] = epoch + 1
         state["stopped_early"] = 0 < p.early_stopping_patience <= state["wait"] and state["epoch"] < p.epochs
         st.save_state(state, improved)
         if state["stopped_early"]:
-            log.info("early stopping after epoch %d: val_loss did not improve for %d epochs", epoch + 1,
-                     state["wait"])
+            log.info("early stopping after epoch %d: %s did not improve for %d epochs", epoch + 1,
+                     p.early_stopping_monitor, state["wait"])
             break
 
 
@@ -545,7 +558,8 @@ def _log_params(stage: str, st: _Stage) -> None:
     params = {"base_model": _backbone_name(st), "pretrained_weights": _weights_label(p.weights, stage),
               "num_classes": len(st.classes), "image_size": st.image_size, "batch_size": p.batch_size,
               "epochs": p.epochs, "learning_rate": p.learning_rate, "augment": p.augment, "seed": p.seed,
-              "early_stopping_patience": p.early_stopping_patience, "use_class_weights": p.use_class_weights,
+              "early_stopping_patience": p.early_stopping_patience,
+              "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights,
               "num_train_examples": st.num_train, "top_k": min(TOP_K, len(st.classes) - 1)}
     if stage == "finetune":
         params.update(unfreeze_layers=p.unfreeze_layers, finetune_learning_rate=p.learning_rate,

@@ -38,7 +38,8 @@ def test_parameters_keep_the_original_design_defaults(compiled):
     defaults = parameter_defaults(compiled[0])
     expected = {"num_classes": 9, "image_size": 224, "batch_size": 32, "epochs": 10, "learning_rate": 1e-3,
                 "unfreeze_layers": 50, "finetune_learning_rate": 1e-5, "backbone": "MobileNetV2",
-                "weights": "imagenet", "spark_backend": "local", "registered_model_name": "fish-classifier",
+                "weights": "imagenet", "early_stopping_monitor": "val_loss", "spark_backend": "local",
+                "registered_model_name": "fish-classifier",
                 "experiment": "fish-classification", "run_finetune": True, "run_scratch_baseline": True}
     assert {k: defaults[k] for k in expected} == expected
 

@@ -88,14 +88,16 @@ def test_feature_cache_on_trains_the_same_head_as_end_to_end(synthetic_examples,
     assert r_off.val_accuracy == pytest.approx(r_on.val_accuracy, abs=1e-6)
 
 
-def test_early_stopping_restores_the_best_epoch(synthetic_examples, tiny_backbone, tmp_path):
+@pytest.mark.parametrize("monitor", core.MONITORS)
+def test_early_stopping_restores_the_best_epoch(monitor, synthetic_examples, tiny_backbone, tmp_path):
     result = core.train_frozen(synthetic_examples, tmp_path / "m", small(
-        weights=str(tiny_backbone), feature_cache="on", epochs=60, learning_rate=1e-2, early_stopping_patience=2),
-        track=False)
+        weights=str(tiny_backbone), feature_cache="on", epochs=60, learning_rate=1e-2, early_stopping_patience=2,
+        early_stopping_monitor=monitor), track=False)
     history = json.loads((tmp_path / "m" / "history.json").read_text())
-    losses = [e["val_loss"] for e in history["epochs"]]
-    assert history["stopped_early"] and len(losses) < 60
-    assert result.best_epoch == int(np.argmin(losses)) == len(losses) - 3  # 2 epochs without improvement
+    values = [e[monitor] for e in history["epochs"]]
+    best = int(np.argmin(values) if monitor == "val_loss" else np.argmax(values))  # the first best epoch
+    assert history["stopped_early"] and len(values) < 60
+    assert result.best_epoch == best == len(values) - 3  # 2 epochs without improvement
     assert result.val_accuracy == pytest.approx(history["epochs"][result.best_epoch]["val_accuracy"], abs=1e-6)
 
 
@@ -121,6 +123,8 @@ def test_feature_cache_augmented_views(synthetic_examples, tiny_backbone, tmp_pa
 def test_bad_parameters_are_named(synthetic_examples, tmp_path):
     with pytest.raises(ValueError, match="feature_cache"):
         core.train_frozen(synthetic_examples, tmp_path, small(feature_cache="sometimes"), track=False)
+    with pytest.raises(ValueError, match="early_stopping_monitor must be one of"):
+        core.train_frozen(synthetic_examples, tmp_path, small(early_stopping_monitor="accuracy"), track=False)
     with pytest.raises(ValueError, match="weights='/nope/w.h5'"):
         core.train_frozen(synthetic_examples, tmp_path, small(weights="/nope/w.h5"), track=False)
     with pytest.raises(FileNotFoundError, match="not an `examples` artifact"):
