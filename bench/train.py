@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
     parser.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
+                        help="early_stopping_monitor of every stage")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")
     parser.add_argument("--skip-scratch", action="store_true")
@@ -136,8 +138,8 @@ def main(argv: list[str] | None = None) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        base = dict(batch_size=args.batch_size, early_stopping_patience=args.patience, backbone="MobileNetV2",
-                    alpha=0.35)
+        base = dict(batch_size=args.batch_size, early_stopping_patience=args.patience,
+                    early_stopping_monitor=args.monitor, backbone="MobileNetV2", alpha=0.35)
         runs: dict[str, list[dict]] = defaultdict(list)
         splits = {}
         for seed in range(42, 42 + args.seeds):  # each seed: its own video split and its own training seed
