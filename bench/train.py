@@ -2,10 +2,13 @@
 
 Runs train_frozen, finetune and train_scratch (MobileNetV2 alpha 0.35, the shared ImageNet weights) for
 several seeds (each seed its own video split, see write_fish_examples, and its own training seed) and
-reports test accuracy (mean of the seeds) and wall time beside the original design's figures; then, on one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K,
-fine-tune images/s and single-image latency of the saved model (model.predict vs a tf.function).
+reports test accuracy (mean of the seeds) and wall time beside the original design's figures; then, on
+one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K, fine-tune images/s and
+single-image latency of the saved model (model.predict vs a tf.function).
 
-    .venv/bin/python -m bench.train                      # full setting: 160 px, 3 seeds, 10+10 epochs
+    .venv/bin/python -m bench.train                      # defaults: 160 px, 3 seeds, 10+10 epochs, fine-tune 1e-5
+    .venv/bin/python -m bench.train --epochs 20 --finetune-epochs 15 --patience 5 --monitor val_accuracy \
+        --finetune-learning-rate 1e-4 --no-finetune-augment          # the best recipe found (README)
     .venv/bin/python -m bench.train --image-size 96 --seeds 1 --epochs 3 --finetune-epochs 2 --max-per-video 4
 """
 
