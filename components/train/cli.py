@@ -40,8 +40,7 @@ def _run(args: argparse.Namespace) -> int:
     params = core.TrainParams(
         batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, augment=args.augment,
         early_stopping_patience=args.early_stopping_patience, early_stopping_monitor=args.early_stopping_monitor,
-        use_class_weights=args.use_class_weights,
-        seed=args.seed)
+        use_class_weights=args.use_class_weights, seed=args.seed)
     kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id,
               "checkpoint_uri": args.checkpoint_uri}
     if args.stage == "finetune":

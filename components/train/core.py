@@ -316,7 +316,9 @@ class _Stage:
             state["best_weights"] = f"best-{epoch:04d}.weights.h5"
             shutil.copyfile(self.checkpoint_dir / last, self.checkpoint_dir / state["best_weights"])
         state["last_weights"] = last
-        self._write_state(state)
+        tmp = self.checkpoint_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.checkpoint_dir / "state.json")
         keep = {last, state.get("best_weights"), "state.json"}
         for path in self.checkpoint_dir.glob("*.weights.h5"):
             if path.name not in keep:
@@ -334,17 +336,7 @@ class _Stage:
         start = {"val_loss": float(val["loss"]), "val_accuracy": float(val["accuracy"])}
         state.update(best=start, best_epoch=-1, start=start)
         log.info("%s starts from val_loss %.4f val_acc %.4f", self.stage, val["loss"], val["accuracy"])
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state["best_weights"] = state["last_weights"] = "start.weights.h5"
-        self.fitted.save_weights(self.checkpoint_dir / "start.weights.h5")
-        self._write_state(state)
-        if self.mirror:
-            self.mirror.push(self.checkpoint_dir)
-
-    def _write_state(self, state: dict) -> None:
-        tmp = self.checkpoint_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=1))
-        os.replace(tmp, self.checkpoint_dir / "state.json")
+        self.save_state(state, improved=True)  # the checkpoint "after 0 epochs", best so far
 
     # -- evaluation --
     def evaluate(self) -> dict:
