@@ -4,11 +4,13 @@ Runs train_frozen, finetune and train_scratch (MobileNetV2 alpha 0.35, the share
 several seeds (each seed its own video split, see write_fish_examples, and its own training seed) and
 reports test accuracy (mean of the seeds) and wall time beside the original design's figures; then, on
 one seed, frozen-stage time and images/s with feature_cache off / on / augmented:K, fine-tune images/s and
-single-image latency of the saved model (model.predict vs a tf.function).
+single-image latency of the saved model (model.predict vs a tf.function). The JSON also holds every seed's
+result (`per_seed`).
 
     .venv/bin/python -m bench.train                      # defaults: 160 px, 3 seeds, 10+10 epochs, fine-tune 1e-5
     .venv/bin/python -m bench.train --epochs 20 --finetune-epochs 15 --patience 5 --monitor val_accuracy \
         --finetune-learning-rate 1e-4 --no-finetune-augment          # the best recipe found (README)
+    .venv/bin/python -m bench.train --seeds 12 --skip-scratch ...    # the same over 12 video splits (~20 min)
     .venv/bin/python -m bench.train --image-size 96 --seeds 1 --epochs 3 --finetune-epochs 2 --max-per-video 4
 """
 
@@ -101,7 +103,11 @@ def latency_ms(model_dir: Path, image_size: int, repeats: int) -> dict:
 
     model = keras.saving.load_model(model_dir / "model.keras")
     x = np.random.default_rng(0).uniform(0, 255, (1, image_size, image_size, 3)).astype("float32")
-    fn = tf.function(lambda t: model(t, training=False))
+
+    @tf.function
+    def fn(t):
+        return model(t, training=False)
+
     out = {}
     for name, call in (("predict", lambda: model.predict(x, verbose=0)), ("tf_function", lambda: fn(x).numpy())):
         call()
@@ -160,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(core.train_scratch(ex, out / "scratch", core.TrainParams(
                     **base, seed=seed, epochs=args.epochs), track=False))
             for result in results:
-                runs[result.stage].append({"seconds": result.seconds, "val": result.val_accuracy,
+                runs[result.stage].append({"seed": seed, "seconds": result.seconds, "val": result.val_accuracy,
                                            "test": test_accuracy(Path(result.out_dir), ex),
                                            "epochs": result.epochs_run, "best_epoch": result.best_epoch})
         rows = []
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"single-image latency @{args.image_size}px: model.predict {lat['predict']:.1f} ms, "
               f"tf.function {lat['tf_function']:.1f} ms")
         write_json(args.name, rows, speed=speed, latency_ms=lat, settings=vars(args),
-                   num_examples_per_seed=splits)
+                   num_examples_per_seed=splits, per_seed=runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
