@@ -121,6 +121,8 @@ def latency_ms(model_dir: Path, image_size: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from components.train import core
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (42, 43, ...) to average")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
     parser.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
+    parser.add_argument("--monitor", default="val_loss", choices=core.MONITORS,
                         help="early_stopping_monitor of every stage")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")
@@ -142,8 +144,6 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     if not FISH_DIR.is_dir() or not WEIGHTS.is_file():
         raise SystemExit(f"needs {FISH_DIR} and {WEIGHTS} (../shared beside the repository)")
-
-    from components.train import core
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
