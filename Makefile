@@ -7,7 +7,7 @@ SHELL  := /bin/bash
 QUIET_PIP := 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
 BIN    := $(VENV)/bin
 
-.PHONY: venv demo test lint lock stack-up stack-down bench clean
+.PHONY: venv demo test lint lock golden stack-up stack-down bench clean
 
 venv: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ test: venv
 
 lint: venv
 	$(BIN)/ruff check .
+
+# Regenerate tests/pipeline/golden/pipeline.yaml after an intended change to the compiled pipeline
+# (then read `git diff` of it: that is what changes for a user who compiles).
+golden: venv
+	$(BIN)/python -m tests.pipeline.golden
 
 lock: venv
 	{ echo "# Exact versions of the whole dependency tree (pip freeze of a venv built from pyproject.toml)."; \
