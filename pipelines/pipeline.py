@@ -8,22 +8,18 @@ Images come from one ImageSettings object; credentials from the Kubernetes Secre
 from the pod label `pipeline/runid`, not as a parameter, so that it does not defeat caching.
 """
 
-from pathlib import Path
 from typing import NamedTuple
 
-import yaml
-from google.protobuf import json_format
-from kfp import compiler, dsl, kubernetes
+from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Metrics, Model, Output
-from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components.common.settings import ALL_ENV_VARS
-from components.evaluate.component import evaluate_op
-from components.ingest.component import ingest_op, listing_fingerprint_op
-from components.preprocess.component import preprocess_op
-from components.register.component import register_op
-from components.train.component import finetune_op, train_frozen_op, train_scratch_op
-from pipelines.settings import CREDENTIALS_SECRET, ImageSettings, ResourceSettings
+from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
+from tlpipe.components.evaluate.component import evaluate_op
+from tlpipe.components.ingest.component import ingest_op, listing_fingerprint_op
+from tlpipe.components.preprocess.component import preprocess_op
+from tlpipe.components.register.component import register_op
+from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op
+from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"
@@ -178,35 +174,3 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
 def pipeline_parameters() -> dict:
     """The pipeline's parameters and their defaults (from the pipeline function, without compiling)."""
     return {name: spec.default for name, spec in build_pipeline().component_spec.inputs.items()}
-
-
-def compile_pipeline(output: str | Path, images: ImageSettings | None = None,
-                     resources: ResourceSettings | None = None) -> Path:
-    """Compile the pipeline to YAML and validate it against the pipeline-spec protos (strict)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(images, resources), str(output))
-    validate_pipeline_yaml(output)
-    return output
-
-
-def validate_pipeline_yaml(path: str | Path):
-    """Parse a compiled pipeline into (PipelineSpec, PlatformSpec), rejecting unknown fields."""
-    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
-    if not docs:
-        raise ValueError(f"{path} holds no YAML document")
-    spec = json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec(), ignore_unknown_fields=False)
-    platform = pipeline_spec_pb2.PlatformSpec()
-    if len(docs) > 1:
-        json_format.ParseDict(docs[1], platform, ignore_unknown_fields=False)
-    if spec.pipeline_info.name != PIPELINE_NAME:
-        raise ValueError(f"{path}: pipeline name is {spec.pipeline_info.name!r}, expected {PIPELINE_NAME!r}")
-    return spec, platform
-
-
-def parameter_defaults(path: str | Path) -> dict:
-    """The pipeline's input parameters and their defaults, from a compiled YAML."""
-    spec, _ = validate_pipeline_yaml(path)
-    params = json_format.MessageToDict(spec.root.input_definitions)["parameters"]
-    return {name: p.get("defaultValue") for name, p in params.items()}
-

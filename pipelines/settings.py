@@ -17,7 +17,6 @@ STEP_IMAGE_FAMILY = {
     "register": "train",
 }
 IMAGE_FAMILIES = ("base", "spark", "train", "train-gpu")
-CREDENTIALS_SECRET = "tlpipe-credentials"  # keys = the environment variable names of DESIGN.md
 
 
 @dataclass(frozen=True)

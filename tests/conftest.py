@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from components.common import s3 as s3lib
-from components.common.settings import ALL_ENV_VARS
-from pipelines.stack import Stack
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.settings import ALL_ENV_VARS
+from tlpipe.stack import Stack
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = (REPO_ROOT / ".." / "shared").resolve()
@@ -68,7 +68,7 @@ def shared_dir() -> Path:
 @pytest.fixture
 def synthetic_examples(tmp_path) -> Path:
     """A small `examples` artifact (3 separable classes, 32 px, 30/9/9 images) written without Spark."""
-    from components.common.synthetic import write_examples
+    from tlpipe.components.common.synthetic import write_examples
 
     return write_examples(tmp_path / "examples")
 
@@ -87,7 +87,7 @@ def model_factory():
 @pytest.fixture(scope="session")
 def session_examples(tmp_path_factory) -> Path:
     """The synthetic examples artifact (same content as `synthetic_examples`), shared by the session."""
-    from components.common.synthetic import write_examples
+    from tlpipe.components.common.synthetic import write_examples
 
     return write_examples(tmp_path_factory.mktemp("examples") / "examples")
 

@@ -15,8 +15,8 @@ import mlflow
 import requests
 from mlflow.tracking import MlflowClient
 
-from components.common.log import get_logger
-from components.common.settings import mlflow_tracking_uri
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import mlflow_tracking_uri
 
 log = get_logger("mlflow")
 DEFAULT_EXPERIMENT = "fish-classification"

@@ -17,8 +17,8 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
-from components.common.log import get_logger
-from components.common.settings import S3Settings
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import S3Settings
 
 log = get_logger("s3")
 T = TypeVar("T")

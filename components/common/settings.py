@@ -15,6 +15,9 @@ S3_ENV_VARS = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 MLFLOW_ENV_VARS = ("MLFLOW_TRACKING_URI",)
 ALL_ENV_VARS = (*S3_ENV_VARS, "AWS_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
 DEFAULT_REGION = "us-east-1"
+# The Kubernetes Secret that holds these variables (keys = the variable names) for the pipeline's steps and
+# the Spark driver/executors; manifests/ creates it.
+CREDENTIALS_SECRET = "tlpipe-credentials"
 
 
 class MissingSettingError(RuntimeError):

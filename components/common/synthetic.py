@@ -63,7 +63,7 @@ def write_examples(
     import hashlib
     import io
 
-    from components.common import examples
+    from tlpipe.components.common import examples
 
     per_split = per_split or {"train": 30, "val": 9, "test": 9}
     folder = Path(folder)

@@ -10,7 +10,7 @@ from pyspark.sql import SparkSession
 
 
 def project_version(_: int) -> str:
-    import components  # noqa: F401  (fails the task if the project is not importable on the executor)
+    import tlpipe.components  # noqa: F401  (fails the task if the project is not importable on the executor)
 
     return version("tlpipe")
 

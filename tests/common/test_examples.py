@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.common import examples
+from tlpipe.components.common import examples
 
 
 def test_writer_output_parses_with_tensorflow(synthetic_examples):

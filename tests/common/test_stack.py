@@ -14,10 +14,10 @@ from minio import Minio
 from mlflow import MlflowClient
 from sklearn.linear_model import LogisticRegression
 
-from components.common import s3 as s3lib
-from components.common.mlflow_utils import connect, stage_run
-from components.common.settings import S3Settings
-from pipelines.stack import Stack, _group_members
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.mlflow_utils import connect, stage_run
+from tlpipe.components.common.settings import S3Settings
+from tlpipe.stack.servers import Stack, _group_members
 
 
 def test_object_round_trips_through_s3(s3_client, bucket):
@@ -92,7 +92,7 @@ def test_down_leaves_no_process_behind(tmp_path):
 
 
 def test_stack_status_command_reports_both_servers(stack, capsys):
-    from pipelines.cli import main
+    from tlpipe.cli.main import main
 
     assert main(["stack", "--state-dir", str(stack.state_dir), "status"]) == 0
     out = capsys.readouterr().out

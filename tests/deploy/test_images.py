@@ -16,7 +16,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipelines import settings
+from tlpipe.pipelines import settings
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKER = REPO / "docker"
@@ -91,7 +91,7 @@ def test_dockerignore_sends_only_what_images_copy():
     lines = (REPO / ".dockerignore").read_text().split()
     assert lines[lines.index("*")] == "*", "allow-list: everything excluded first"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert {"components", "pipelines", "requirements.lock", "pyproject.toml", "docker"} <= allowed
+    assert {"components", "pipelines", "tlpipe", "requirements.lock", "pyproject.toml", "docker"} <= allowed
     assert not allowed & {".venv", ".tlpipe", "tests", ".git"}
 
 

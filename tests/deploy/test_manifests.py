@@ -15,8 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.common.settings import ALL_ENV_VARS
-from pipelines.settings import CREDENTIALS_SECRET
+from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"

@@ -20,7 +20,7 @@ SETTINGS = {"prefix": "registry.example.com/ml", "tag": "1.2.3"}
 
 def _functions() -> dict[str, str]:
     """Each component function's name -> its qualified name (module.function)."""
-    import pipelines.pipeline as pipeline_module
+    import tlpipe.pipelines.pipeline as pipeline_module
 
     return {name: f"{fn.__module__}.{fn.__qualname__}" for name, fn in vars(pipeline_module).items()
             if callable(fn) and name.endswith("_op")}
@@ -44,8 +44,8 @@ def normalise(text: str) -> str:
 
 def compile_normalised(tmp_dir: Path) -> str:
     """Compile the pipeline with the golden settings and return its normalised form."""
-    from pipelines.pipeline import compile_pipeline
-    from pipelines.settings import ImageSettings, ResourceSettings
+    from tlpipe.pipelines.compiler import compile_pipeline
+    from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
     path = compile_pipeline(Path(tmp_dir) / "pipeline.yaml", ImageSettings(**SETTINGS), ResourceSettings())
     return normalise(path.read_text())

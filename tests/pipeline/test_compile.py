@@ -7,10 +7,11 @@ import yaml
 from google.protobuf import json_format
 from kfp.kubernetes.kubernetes_executor_config_pb2 import KubernetesExecutorConfig
 
-from components.common.settings import ALL_ENV_VARS
-from pipelines.cli import main
-from pipelines.pipeline import PIPELINE_NAME, compile_pipeline, parameter_defaults, validate_pipeline_yaml
-from pipelines.settings import CREDENTIALS_SECRET, STEP_IMAGE_FAMILY, ImageSettings, ResourceSettings
+from tlpipe.cli.main import main
+from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
+from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults, validate_pipeline_yaml
+from tlpipe.pipelines.pipeline import PIPELINE_NAME
+from tlpipe.pipelines.settings import STEP_IMAGE_FAMILY, ImageSettings, ResourceSettings
 
 SEVEN = {"ingest", "preprocess", "train-frozen", "finetune", "train-scratch", "evaluate", "register"}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from mlflow import MlflowClient
 
-from components.common.synthetic import write_dataset
-from pipelines.cli import main
+from tlpipe.cli.main import main
+from tlpipe.components.common.synthetic import write_dataset
 
 MODEL = "e2e-fish"
 TRAINING_STAGES = ("train_frozen", "finetune", "train_scratch")

@@ -11,7 +11,7 @@ import textwrap
 from kfp import dsl, local
 from kfp.dsl import Input, Model, Output
 
-from pipelines.local_run import use_kfp_local_oneof_artifacts
+from tlpipe.cli.local import use_kfp_local_oneof_artifacts
 
 
 def make_model(tag: str, model: Output[Model]):

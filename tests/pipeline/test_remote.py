@@ -9,9 +9,10 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines.cli import main
-from pipelines.pipeline import PIPELINE_NAME, compile_pipeline
-from pipelines.remote import ParameterError, parse_params
+from tlpipe.cli.main import main
+from tlpipe.cli.remote import ParameterError, parse_params
+from tlpipe.pipelines.compiler import compile_pipeline
+from tlpipe.pipelines.pipeline import PIPELINE_NAME
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
-from components.common import s3 as s3lib
-from components.common.log import get_logger
-from pipelines.stack import DATA_BUCKET, Stack
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import get_logger
+from tlpipe.stack import DATA_BUCKET, Stack
 
 log = get_logger("demo")
 
-DEMO_DATA = Path(__file__).resolve().parents[1] / "examples" / "fish-egu2017-demo" / "images"
+DEMO_DATA = Path(__file__).resolve().parents[2] / "examples" / "fish-egu2017-demo" / "images"
 DEMO_DATA_URI = f"s3://{DATA_BUCKET}/datasets/fish-egu2017-demo"
 WEIGHTS_URI = f"s3://{DATA_BUCKET}/weights/mobilenet_v2_imagenet.keras"
 # 7 species (not the original design's 9), 160 px (the demo photos' size), split by video id. The recipe that
@@ -46,7 +46,7 @@ def ensure_weights(work_dir: Path, uri: str = WEIGHTS_URI) -> str:
     """Import the ImageNet MobileNetV2 backbone offline and upload it to `uri`, unless it is already there."""
     from minio.error import S3Error
 
-    from components.train import weights_import
+    from tlpipe.tools.weights import mobilenet_v2 as weights_import
 
     bucket, key = s3lib.split_uri(uri)
     try:
@@ -63,8 +63,8 @@ def ensure_weights(work_dir: Path, uri: str = WEIGHTS_URI) -> str:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Steps 1-5 above; returns 0 when the pipeline registered a model."""
-    from components.ingest.upload import upload_folder
-    from pipelines.local_run import print_summary, run_local
+    from tlpipe.cli.local import print_summary, run_local
+    from tlpipe.components.ingest.upload import upload_folder
 
     started = time.monotonic()
     stack = Stack(args.state_dir)

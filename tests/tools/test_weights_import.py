@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.common import s3 as s3lib
-from components.train import torch_pickle, weights_import
-from components.train.torch_pickle import TorchPickleError, UnsafePickleError, load_state_dict
-from components.train.weights_import import WeightsImportError
-from pipelines.cli import main as cli
+from tlpipe.cli.main import main as cli
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.tools.weights import mobilenet_v2 as weights_import
+from tlpipe.tools.weights import torch_pickle
+from tlpipe.tools.weights.mobilenet_v2 import WeightsImportError
+from tlpipe.tools.weights.torch_pickle import TorchPickleError, UnsafePickleError, load_state_dict
 
 # ---------------------------------------------------------------- a minimal legacy torch.save writer (no torch)
 

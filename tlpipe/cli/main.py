@@ -9,15 +9,15 @@ import sys
 # Each module defines add_commands(subparsers) and imports heavy libraries (TensorFlow, Spark) lazily,
 # so `tlpipe --help` stays fast.
 COMMAND_MODULES = (
-    "pipelines.stack",
-    "pipelines.demo",
-    "pipelines.local_run",
-    "pipelines.remote",
-    "components.train.weights_import",
-    "components.ingest.cli",
-    "components.register.cli",
-    "components.preprocess.cli",
-    "components.train.cli",
+    "tlpipe.cli.stack",
+    "tlpipe.cli.demo",
+    "tlpipe.cli.local",
+    "tlpipe.cli.remote",
+    "tlpipe.cli.weights",
+    "tlpipe.cli.ingest",
+    "tlpipe.cli.models",
+    "tlpipe.cli.preprocess",
+    "tlpipe.cli.train",
 )
 
 

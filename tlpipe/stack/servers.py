@@ -2,7 +2,7 @@
 
 State lives in one folder (default `./.tlpipe`, or `$TLPIPE_HOME`):
   stack.json    ports, URLs and PIDs of the running servers
-  stack.env     the connection variables of DESIGN.md (mode 0600; `source` it to use the stack)
+  stack.env     the connection variables of docs/DESIGN.md (mode 0600; `source` it to use the stack)
   s3/           SeaweedFS data;  s3-identities.json its access key (0600)
   mlflow/       MLflow's SQLite backend store (artifacts go to the `mlflow` bucket, proxied by the server)
   logs/         one log file per server
@@ -12,7 +12,6 @@ Servers run in their own process group and are stopped by PID (SIGTERM, then SIG
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -27,9 +26,9 @@ from pathlib import Path
 
 import requests
 
-from components.common import s3 as s3lib
-from components.common.log import get_logger, mask
-from components.common.settings import S3Settings
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import S3Settings
 
 log = get_logger("stack")
 
@@ -174,7 +173,7 @@ class Stack:
             fh.write(text)
 
     def env(self) -> dict[str, str]:
-        """The connection variables (DESIGN.md) that point a client at this stack."""
+        """The connection variables (docs/DESIGN.md "Connections") that point a client at this stack."""
         servers = self.servers()
         if set(servers) != {"s3", "mlflow"}:
             raise StackError(f"the stack in {self.state_dir} is not up; run `tlpipe stack up`")
@@ -306,49 +305,3 @@ class Stack:
         for key, value in self.env().items():
             if override or not os.environ.get(key):
                 os.environ[key] = value
-
-
-# ----- command line ---------------------------------------------------------------------------
-def _cmd_up(args: argparse.Namespace) -> int:
-    stack = Stack(args.state_dir)
-    stack.up(timeout=args.timeout)
-    return _cmd_status(args)
-
-
-def _cmd_down(args: argparse.Namespace) -> int:
-    Stack(args.state_dir).down()
-    print("stack stopped")
-    return 0
-
-
-def _cmd_status(args: argparse.Namespace) -> int:
-    stack = Stack(args.state_dir)
-    rows = stack.status()
-    if not rows:
-        print(f"stack is down (state folder {stack.state_dir})")
-        return 1
-    for row in rows:
-        state = "healthy" if row["healthy"] else ("running, NOT answering" if row["running"] else "stopped")
-        print(f"{row['server']:<7} {state:<22} {row['url']:<28} pid {row['pid']:<8} log {row['log']}")
-    try:
-        env = stack.env()
-        print(f"S3 access key {env['AWS_ACCESS_KEY_ID']}, secret {mask(env['AWS_SECRET_ACCESS_KEY'])}; "
-              f"data bucket s3://{DATA_BUCKET}/")
-        print(f"connection variables: source {stack.env_file}")
-    except StackError:
-        pass
-    return 0 if all(r["healthy"] for r in rows) else 1
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """`tlpipe stack up|down|status`."""
-    parser = sub.add_parser("stack", help="embedded local S3 (SeaweedFS) + MLflow servers",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--state-dir", default=None, help="state folder (default $TLPIPE_HOME or ./.tlpipe)")
-    actions = parser.add_subparsers(dest="action", required=True)
-    up = actions.add_parser("up", help="start both servers (reuses running ones) and print their status")
-    up.add_argument("--timeout", type=float, default=120, help="seconds to wait for each server to answer")
-    up.set_defaults(func=_cmd_up)
-    actions.add_parser("down", help="stop both servers by PID").set_defaults(func=_cmd_down)
-    actions.add_parser("status", help="show URLs, PIDs and health (exit 1 unless both healthy)").set_defaults(
-        func=_cmd_status)

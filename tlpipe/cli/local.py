@@ -13,10 +13,10 @@ import os
 import uuid
 from pathlib import Path
 
-from components.common import s3 as s3lib
-from components.common.log import get_logger
-from components.common.settings import S3_ENV_VARS
-from pipelines.stack import DATA_BUCKET, Stack
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import S3_ENV_VARS
+from tlpipe.stack import DATA_BUCKET, Stack
 
 log = get_logger("local")
 
@@ -76,7 +76,7 @@ def resolve_data(data: str) -> str:
     folder = Path(data)
     if not folder.is_dir():
         raise FileNotFoundError(f"--data {data!r} is neither an s3:// URI nor a folder")
-    from components.ingest.upload import upload_folder
+    from tlpipe.components.ingest.upload import upload_folder
 
     uri = f"s3://{os.environ.get('TLPIPE_DATA_BUCKET', DATA_BUCKET)}/datasets/{folder.resolve().name}"
     upload_folder(folder, uri)
@@ -84,10 +84,10 @@ def resolve_data(data: str) -> str:
 
 
 def run_local(data_uri: str, params: dict, pipeline_root: str | Path, cache: bool = True) -> dict:
-    """Run the pipeline with kfp.local; returns the pipeline's outputs (see pipelines.pipeline)."""
+    """Run the pipeline with kfp.local; returns the pipeline's outputs (see tlpipe.pipelines.pipeline)."""
     from kfp import local
 
-    from pipelines.pipeline import build_pipeline
+    from tlpipe.pipelines.pipeline import build_pipeline
 
     use_kfp_local_oneof_artifacts()
     os.environ["KFP_RUN_ID"] = f"local-{uuid.uuid4().hex[:12]}"
@@ -126,8 +126,8 @@ def print_summary(outputs: dict, registered_model_name: str) -> None:
 
 
 def _cmd_local(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import pipeline_parameters
-    from pipelines.remote import parse_params
+    from tlpipe.cli.remote import parse_params
+    from tlpipe.pipelines.pipeline import pipeline_parameters
 
     defaults = pipeline_parameters()
     params = parse_params(args.param, defaults)

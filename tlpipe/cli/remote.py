@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from components.common.log import get_logger
+from tlpipe.components.common.log import get_logger
 
 log = get_logger("kfp")
 
@@ -81,22 +81,22 @@ def run_url(host: str, run_id: str) -> str:
 
 # ----- command line ---------------------------------------------------------------------------
 def _images(args: argparse.Namespace):
-    from pipelines.settings import ImageSettings
+    from tlpipe.pipelines.settings import ImageSettings
 
     defaults = ImageSettings()
     return ImageSettings(prefix=args.image_prefix or defaults.prefix, tag=args.image_tag or defaults.tag)
 
 
 def _resources(args: argparse.Namespace):
-    from pipelines.settings import ResourceSettings
+    from tlpipe.pipelines.settings import ResourceSettings
 
     return ResourceSettings(preprocess_cpu=args.preprocess_cpu, preprocess_memory=args.preprocess_memory,
                             train_cpu=args.train_cpu, train_memory=args.train_memory, gpu=args.gpu)
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import compile_pipeline, parameter_defaults
-    from pipelines.settings import IMAGE_FAMILIES
+    from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults
+    from tlpipe.pipelines.settings import IMAGE_FAMILIES
 
     images = _images(args)
     path = compile_pipeline(args.output, images, _resources(args))
@@ -107,7 +107,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 def _build_args(parser: argparse.ArgumentParser) -> None:
     """Compile-time settings: images (one prefix and tag for all) and the heavy steps' resources."""
-    from pipelines.settings import ResourceSettings
+    from tlpipe.pipelines.settings import ResourceSettings
 
     defaults = ResourceSettings()
     parser.add_argument("--image-prefix", default=None, help="registry prefix of every image (default tlpipe)")
@@ -132,7 +132,8 @@ def _client(args: argparse.Namespace):
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from pipelines.pipeline import PIPELINE_NAME, validate_pipeline_yaml
+    from tlpipe.pipelines.compiler import validate_pipeline_yaml
+    from tlpipe.pipelines.pipeline import PIPELINE_NAME
 
     validate_pipeline_yaml(args.package)
     pipeline_id, version_id = upload(_client(args), args.package, args.name or PIPELINE_NAME, args.version,
@@ -145,7 +146,7 @@ def _cmd_upload(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from pipelines.pipeline import compile_pipeline, parameter_defaults
+    from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults
 
     # None keeps the compiled per-step caching (ingest/training cached, fingerprint/register never);
     # True would make the client switch caching on for every step, register included.

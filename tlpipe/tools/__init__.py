@@ -1,0 +1,1 @@
+"""Tools beside the pipeline steps (not steps themselves)."""
