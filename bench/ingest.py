@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import print_table, write_json
-from components.common import s3 as s3lib
-from components.common.synthetic import class_image
-from components.ingest import DEFAULT_NEAR_DUPLICATE_DISTANCE
-from components.ingest.core import ingest
-from components.ingest.grouping import near_duplicate_pairs
-from pipelines.stack import Stack
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.synthetic import class_image
+from tlpipe.components.ingest.core import ingest
+from tlpipe.components.ingest.grouping import near_duplicate_pairs
+from tlpipe.components.ingest.params import DEFAULT_NEAR_DUPLICATE_DISTANCE
+from tlpipe.stack import Stack
 
 
 def upload_synthetic(s3, bucket: str, prefix: str, objects: int, classes: int, size: int, workers: int) -> float:

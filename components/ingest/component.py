@@ -1,4 +1,7 @@
-"""KFP adapter of ingest: maps the `manifest` output artifact and parameters onto components.ingest.core."""
+"""KFP adapters of ingest (wrapped with dsl.component by the pipeline at compile time).
+
+The defaults are literals (KFP embeds each function's source); a test checks them against params.py.
+"""
 
 from kfp.dsl import Dataset, Output
 
@@ -20,13 +23,35 @@ def ingest_op(
     max_workers: int = 16,
     listing_fingerprint: str = "",
 ) -> int:
-    """Validate, deduplicate, group and split the class-folder images under `data_uri` into `manifest`
-    (manifest.parquet, classes.json, ingest_report.json); returns the number of classes.
+    """Validate, deduplicate, group and split the class-folder images under `data_uri` into `manifest`.
 
-    `listing_fingerprint` (from listing_fingerprint_op) is not used by the work itself: it makes the step's
-    cache key change whenever the objects under `data_uri` change, so a cached manifest is never stale.
+    Lists s3://bucket/prefix/<class>/.../<image> (docs/DESIGN.md §1), decodes and hashes every object, keeps
+    copies and near-duplicates in one split group and writes the manifest artifact (docs/DESIGN.md §2).
+
+    Args:
+        data_uri: s3://bucket/prefix holding one folder per class.
+        manifest: the output: manifest.parquet, classes.json and ingest_report.json.
+        train_ratio: share of the images in the train split (> 0); the three ratios sum to 1.
+        val_ratio: share of the images in the val split (may be 0).
+        test_ratio: share of the images in the test split (may be 0).
+        dedupe: off (keep byte-identical copies), exact (drop them) or near (also group near-duplicates).
+        near_duplicate_distance: max Hamming distance (bits of 64) between perceptual hashes of
+            near-duplicates.
+        group_pattern: regex on the key whose first group names the source (its images share a split);
+            empty: group by content only.
+        expected_num_classes: fail unless this many classes are found; 0 = any.
+        min_images_per_class: fail when a class has fewer accepted images.
+        allow_small_classes: accept classes too small to put an image in every split.
+        max_image_pixels: reject larger images (decompression bombs), checked before decoding.
+        max_bad_fraction: fail when more than this fraction of the objects is unusable.
+        max_workers: parallel reads (the S3 connection pool size).
+        listing_fingerprint: from listing_fingerprint_op; unused by the work itself, it changes the step's
+            cache key whenever the objects under `data_uri` change, so a cached manifest is never stale.
+
+    Returns:
+        The number of classes.
     """
-    from components.ingest.core import ingest
+    from tlpipe.components.ingest.core import ingest
 
     result = ingest(
         data_uri, manifest.path, train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio,
@@ -50,7 +75,17 @@ def ingest_op(
 
 
 def listing_fingerprint_op(data_uri: str) -> str:
-    """`<count>:<sha256>` of the (key, ETag, size) listing under `data_uri`; run uncached, it keys ingest's cache."""
-    from components.ingest.fingerprint import listing_fingerprint
+    """Fingerprint the listing under `data_uri`: the cache key of ingest.
+
+    Run uncached before ingest: its output changes whenever an object under the prefix is added, removed,
+    renamed or rewritten. Lists the keys only (one request per 1000), reads no object.
+
+    Args:
+        data_uri: s3://bucket/prefix of the dataset.
+
+    Returns:
+        `<count>:<sha256>` over the (key, ETag, size) of every object, in key order.
+    """
+    from tlpipe.components.ingest.fingerprint import listing_fingerprint
 
     return listing_fingerprint(data_uri)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 
-from components.common import s3 as s3lib
-from components.common.settings import S3Settings
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.settings import S3Settings
 
 
 def listing_fingerprint(data_uri: str, settings: S3Settings | None = None) -> str:

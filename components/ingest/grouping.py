@@ -1,4 +1,5 @@
-"""Split groups: images that must land in one split (same bytes, near-duplicate pictures, one named source).
+"""Duplicates and split groups: images that must land in one split (same bytes, near-duplicate pictures, one
+named source), and the rejection of copies.
 
 Near-duplicates are found without comparing all pairs: by the pigeonhole principle two 64-bit hashes
 within Hamming distance d agree exactly on at least one of d+1 disjoint bit bands, so each band is a
@@ -7,10 +8,18 @@ bucket index (multi-index hashing) and only hashes sharing a bucket are compared
 
 from __future__ import annotations
 
-import re
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.ingest.params import compile_group_pattern
+from tlpipe.components.ingest.reader import Listed
+from tlpipe.components.ingest.report import IngestError
+
+log = get_logger("ingest")
 
 MAX_PAIRS_PER_BATCH = 4_000_000  # candidate pairs compared at once (bounds memory: ~100 MB)
 
@@ -110,11 +119,66 @@ def pattern_ids(keys: Sequence[str], pattern: str) -> list[str | None]:
     return out
 
 
-def compile_group_pattern(pattern: str) -> re.Pattern[str]:
-    try:
-        regex = re.compile(pattern)
-    except re.error as exc:
-        raise ValueError(f"group_pattern {pattern!r} is not a valid regular expression: {exc}") from None
-    if regex.groups < 1:
-        raise ValueError(f"group_pattern {pattern!r} needs a capture group: its first group is the group id")
-    return regex
+def reject_duplicates(listed: list[Listed], bucket: str, dedupe: str) -> None:
+    """Same bytes under two classes: all copies rejected. Same bytes twice in one class: kept once (unless off)."""
+    by_sha: dict[str, list[Listed]] = defaultdict(list)
+    for item in listed:
+        if not item.reason:
+            by_sha[item.info.sha256].append(item)
+    for sha, copies in by_sha.items():
+        if len(copies) < 2:
+            continue
+        copies.sort(key=lambda x: x.key)
+        labels = sorted({x.label for x in copies})
+        if len(labels) > 1:
+            keys = ", ".join(x.key for x in copies)
+            for item in copies:
+                item.reason = "conflicting_label"
+                item.detail = f"same bytes (sha256 {sha[:12]}…) under classes {', '.join(labels)}: {keys}"
+        elif dedupe != "off":
+            for item in copies[1:]:
+                item.reason = "duplicate"
+                item.detail = f"same bytes as {s3lib.join_uri(bucket, copies[0].key)} (kept)"
+
+
+def group_ids(accepted: list[Listed], dedupe: str, distance: int, group_pattern: str) -> tuple[list[str], int]:
+    """The split group id of each accepted image (merged exact-bytes, near-duplicate and group_pattern groups),
+    and how many keys group_pattern did not match."""
+    n = len(accepted)
+    uf = UnionFind(n)
+    by_sha: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(accepted):
+        by_sha[item.info.sha256].append(i)
+    for members in by_sha.values():
+        uf.union_all(members)
+    pattern = pattern_ids([x.key for x in accepted], group_pattern) if group_pattern else [None] * n
+    by_pattern: dict[str, list[int]] = defaultdict(list)
+    for i, pid in enumerate(pattern):
+        if pid is not None:
+            by_pattern[pid].append(i)
+    for members in by_pattern.values():
+        uf.union_all(members)
+    unmatched = sum(1 for pid in pattern if pid is None) if group_pattern else 0
+    if group_pattern and n and unmatched == n:
+        raise IngestError(f"group_pattern {group_pattern!r} matches none of the {n} accepted keys, e.g. "
+                          f"{accepted[0].key!r}")
+    if dedupe == "near" and n > 1:
+        canon = np.array([x.info.phash for x in accepted], dtype=np.uint64)
+        unique, first, inverse = np.unique(canon, return_index=True, return_inverse=True)
+        for i, rep in enumerate(first[inverse]):
+            uf.union(i, int(rep))  # identical perceptual hash: distance 0
+        pairs = near_duplicate_pairs(unique.tolist(), [accepted[int(r)].info.phash_variants for r in first], distance)
+        for a, b in pairs.tolist():
+            uf.union(int(first[a]), int(first[b]))
+        log.info("near-duplicates: %d distinct perceptual hashes, %d close pairs (distance <= %d)", len(unique),
+                 len(pairs), distance)
+    members_of: dict[int, list[int]] = defaultdict(list)
+    for i, root in enumerate(uf.components()):
+        members_of[root].append(i)
+    names = [""] * n
+    for members in members_of.values():
+        sources = [pattern[i] for i in members if pattern[i] is not None]
+        name = f"p:{min(sources)}" if sources else f"h:{min(accepted[i].info.sha256 for i in members)[:16]}"
+        for i in members:
+            names[i] = name
+    return names, unmatched

@@ -6,17 +6,8 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 
-SPLITS = ("train", "val", "test")
-
-
-def check_ratios(ratios: Mapping[str, float]) -> None:
-    if any(r < 0 for r in ratios.values()):
-        raise ValueError(f"split ratios must be >= 0, got {dict(ratios)}")
-    if ratios["train"] <= 0:
-        raise ValueError(f"train_ratio must be > 0, got {ratios['train']}")
-    if abs(sum(ratios.values()) - 1) > 1e-6:
-        raise ValueError(f"train_ratio + val_ratio + test_ratio must be 1, got {sum(ratios.values()):.6g} "
-                         f"({dict(ratios)})")
+from tlpipe.components.common.examples import SPLITS
+from tlpipe.components.ingest.params import check_ratios
 
 
 def _order_key(group: str, salt: str = "") -> str:

@@ -6,7 +6,6 @@ interruption, or after adding files) uploads only files whose key is missing or 
 
 from __future__ import annotations
 
-import hashlib
 import mimetypes
 import os
 import time
@@ -17,9 +16,11 @@ from pathlib import Path
 from minio import Minio
 from minio.error import S3Error
 
-from components.common import s3 as s3lib
-from components.common.log import get_logger
-from components.common.settings import S3Settings
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.hashing import sha256_file
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import S3Settings
+from tlpipe.components.ingest.params import UploadParams
 
 log = get_logger("upload")
 SHA_META = "sha256"
@@ -31,14 +32,6 @@ class UploadResult:
     skipped: int  # already in S3 with the same sha256
     bytes_uploaded: int
     hidden_ignored: int  # files or folders starting with "." (e.g. .DS_Store), never uploaded
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _stored_sha256(s3: Minio, bucket: str, key: str, endpoint: str) -> str | None:
@@ -54,7 +47,7 @@ def _stored_sha256(s3: Minio, bucket: str, key: str, endpoint: str) -> str | Non
 
 def _upload_one(s3: Minio, path: Path, bucket: str, key: str, endpoint: str) -> int | None:
     """Upload `path` unless the same content is already at `key`; returns the bytes sent, None when skipped."""
-    sha = file_sha256(path)
+    sha = sha256_file(path)
     if _stored_sha256(s3, bucket, key, endpoint) == sha:
         return None
     content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -63,7 +56,7 @@ def _upload_one(s3: Minio, path: Path, bucket: str, key: str, endpoint: str) -> 
     return path.stat().st_size
 
 
-def upload_folder(folder: str | os.PathLike, uri: str, max_workers: int = 16,
+def upload_folder(folder: str | os.PathLike, uri: str, max_workers: int = UploadParams.max_workers,
                   settings: S3Settings | None = None) -> UploadResult:
     """Upload every file under `folder` to `uri` (s3://bucket/prefix), keeping the relative paths as keys."""
     folder = Path(folder)

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 from PIL import Image
 
-from components.common.synthetic import class_image
+from tlpipe.components.common.synthetic import class_image
 
 
 def image_bytes(class_index: int, seed: int, fmt: str = "PNG", size: int = 64, mode: str = "RGB") -> bytes:

@@ -12,10 +12,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from components.common.s3 import S3AccessError
-from components.common.synthetic import write_dataset
-from pipelines.cli import main
-from pipelines.settings import ImageSettings
+from tlpipe.cli.main import main
+from tlpipe.components.common.s3 import S3AccessError
+from tlpipe.components.common.synthetic import write_dataset
+from tlpipe.pipelines.settings import ImageSettings
 
 FISH_PATTERN = r"([^/]+?)_(?:no)?fish\d+_frame\d+\.png$"  # video id: the name's part before `_fish` / `_nofish`
 
@@ -26,7 +26,7 @@ def test_upload_is_resumable_and_ingest_cli_writes_the_manifest(stack, bucket, t
     (folder / ".DS_Store").write_bytes(b"junk")
     uri = f"s3://{bucket}/fish/v1"
 
-    assert main(["data", "upload", str(folder), uri, "--workers", "4"]) == 0
+    assert main(["data", "upload", str(folder), uri, "--max-workers", "4"]) == 0
     assert "15 uploaded" in capsys.readouterr().out
     assert main(["data", "upload", str(folder), uri]) == 0
     assert "0 uploaded (0.0 MB), 15 already there with the same sha256, 1 hidden files ignored" in \
@@ -40,7 +40,7 @@ def test_upload_is_resumable_and_ingest_cli_writes_the_manifest(stack, bucket, t
         main(["data", "upload", str(folder), "s3://no-such-bucket-y/x"])
 
     out = tmp_path / "manifest"
-    assert main(["ingest", uri, "--out", str(out), "--workers", "4", "--expected-num-classes", "3"]) == 0
+    assert main(["ingest", uri, "--out", str(out), "--max-workers", "4", "--expected-num-classes", "3"]) == 0
     printed = json.loads(capsys.readouterr().out)
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert printed["num_images"] == len(rows) == 14 and printed["rejected"] == 1
@@ -51,8 +51,8 @@ def test_upload_is_resumable_and_ingest_cli_writes_the_manifest(stack, bucket, t
 def test_kfp_adapter_writes_the_artifact_and_metadata(stack, bucket, tmp_path, kfp_local, s3_client):
     from kfp import dsl
 
-    from components.common import s3 as s3lib
-    from components.ingest.component import ingest_op
+    from tlpipe.components.common import s3 as s3lib
+    from tlpipe.components.ingest.component import ingest_op
 
     s3lib.upload_dir(s3_client, write_dataset(tmp_path / "data", num_classes=3, per_class=6, size=32)[0].parents[1],
                      f"s3://{bucket}/ds")
@@ -82,10 +82,10 @@ def test_real_fish_frames_split_by_video(stack, bucket, tmp_path, shared_dir, ca
                 (subset / species.name).mkdir(parents=True, exist_ok=True)
                 shutil.copy(png, subset / species.name / png.name)
     uri = f"s3://{bucket}/egu2017"
-    assert main(["data", "upload", str(subset), uri, "--workers", "4"]) == 0
+    assert main(["data", "upload", str(subset), uri, "--max-workers", "4"]) == 0
     out = tmp_path / "manifest"
     assert main(["ingest", uri, "--out", str(out), "--group-pattern", FISH_PATTERN, "--expected-num-classes", "7",
-                 "--workers", "4"]) == 0
+                 "--max-workers", "4"]) == 0
     capsys.readouterr()
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     report = json.loads((out / "ingest_report.json").read_text())

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.common.synthetic import class_image
-from components.ingest import DEFAULT_NEAR_DUPLICATE_DISTANCE
-from components.ingest.core import _warnings
-from components.ingest.grouping import UnionFind, near_duplicate_pairs, pattern_ids
-from components.ingest.imaging import RejectedObject, hamming, inspect_image
-from components.ingest.split import split_groups
+from tlpipe.components.common.synthetic import class_image
+from tlpipe.components.ingest.grouping import UnionFind, near_duplicate_pairs, pattern_ids
+from tlpipe.components.ingest.imaging import RejectedObject, hamming, inspect_image
+from tlpipe.components.ingest.params import DEFAULT_NEAR_DUPLICATE_DISTANCE
+from tlpipe.components.ingest.report import _warnings
+from tlpipe.components.ingest.split import split_groups
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

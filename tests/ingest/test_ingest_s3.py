@@ -11,11 +11,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.common import s3 as s3lib
-from components.common.settings import S3Settings
-from components.ingest import core
-from components.ingest.core import IngestError, Listed, _classify, ingest
 from tests.ingest.helpers import FaultyProxy, flipped, image_bytes, put, put_dataset
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.settings import S3Settings
+from tlpipe.components.ingest import reader
+from tlpipe.components.ingest.core import ingest
+from tlpipe.components.ingest.reader import Listed, _classify
+from tlpipe.components.ingest.report import IngestError
 
 PIXELS = 100 * 100  # max_image_pixels in these tests: the good images are 64x64, the "huge" one 120x120
 
@@ -132,7 +134,7 @@ def test_split_is_identical_across_runs_and_upload_orders(s3_client, bucket, tmp
 
 def test_result_through_a_server_failing_one_request_in_five_equals_the_fault_free_run(
         s3_client, bucket, tmp_path, stack, monkeypatch):
-    monkeypatch.setattr(core, "LIST_PAGE", 4)  # many listing pages, each one a request that may fail
+    monkeypatch.setattr(reader, "LIST_PAGE", 4)  # many listing pages, each one a request that may fail
     put_dataset(s3_client, bucket, "ds", per_class=10)
     put(s3_client, bucket, "ds/class_0/broken.jpg", image_bytes(0, 999, "JPEG")[:300])
     clean = ingest(f"s3://{bucket}/ds", tmp_path / "clean", max_workers=4, max_bad_fraction=0.2)
@@ -210,5 +212,5 @@ def test_clear_errors_for_unusable_datasets(s3_client, bucket, tmp_path, stack):
 def test_an_object_deleted_after_listing_is_reported_as_vanished(s3_client, bucket, stack):
     item = Listed("ds/class_a/gone.png", 100, label="class_a")
     settings = S3Settings.from_env()
-    assert core._check_object(s3_client, settings.endpoint_url, bucket, item, PIXELS) is item
+    assert reader._check_object(s3_client, settings.endpoint_url, bucket, item, PIXELS) is item
     assert (item.reason, item.info) == ("vanished", None)

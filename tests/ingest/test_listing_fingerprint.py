@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from components.ingest.fingerprint import listing_fingerprint
+from tlpipe.components.ingest.fingerprint import listing_fingerprint
 
 
 def _put(s3, bucket, key, data: bytes):

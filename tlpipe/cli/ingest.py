@@ -5,18 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from components.ingest import DEDUPE_MODES, DEFAULT_NEAR_DUPLICATE_DISTANCE
+from tlpipe.components.ingest.params import DEDUPE_MODES, IngestParams, UploadParams
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
-    from components.ingest.core import ingest
+    from tlpipe.components.ingest.core import ingest
 
     result = ingest(
         args.data_uri, args.out, train_ratio=args.train_ratio, val_ratio=args.val_ratio, test_ratio=args.test_ratio,
         dedupe=args.dedupe, near_duplicate_distance=args.near_duplicate_distance, group_pattern=args.group_pattern,
         expected_num_classes=args.expected_num_classes, min_images_per_class=args.min_images_per_class,
         allow_small_classes=args.allow_small_classes, max_image_pixels=args.max_image_pixels,
-        max_bad_fraction=args.max_bad_fraction, max_workers=args.workers,
+        max_bad_fraction=args.max_bad_fraction, max_workers=args.max_workers,
     )
     print(json.dumps({"out": str(result.out_dir), "num_images": result.num_images, "classes": result.classes,
                       "num_groups": result.num_groups, "per_split": result.split_counts,
@@ -25,9 +25,9 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_upload(args: argparse.Namespace) -> int:
-    from components.ingest.upload import upload_folder
+    from tlpipe.components.ingest.upload import upload_folder
 
-    result = upload_folder(args.folder, args.uri, max_workers=args.workers)
+    result = upload_folder(args.folder, args.uri, max_workers=args.max_workers)
     print(f"{result.uploaded} uploaded ({result.bytes_uploaded / 1e6:.1f} MB), {result.skipped} already there "
           f"with the same sha256, {result.hidden_ignored} hidden files ignored")
     return 0
@@ -43,23 +43,26 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "AWS_SECRET_ACCESS_KEY, AWS_REGION.")
     p.add_argument("data_uri", help="s3://bucket/prefix holding one folder per class")
     p.add_argument("--out", required=True, help="local folder for the manifest artifact")
-    p.add_argument("--train-ratio", type=float, default=0.7)
-    p.add_argument("--val-ratio", type=float, default=0.15)
-    p.add_argument("--test-ratio", type=float, default=0.15)
-    p.add_argument("--dedupe", choices=DEDUPE_MODES, default="near",
+    p.add_argument("--train-ratio", type=float, default=IngestParams.train_ratio)
+    p.add_argument("--val-ratio", type=float, default=IngestParams.val_ratio)
+    p.add_argument("--test-ratio", type=float, default=IngestParams.test_ratio)
+    p.add_argument("--dedupe", choices=DEDUPE_MODES, default=IngestParams.dedupe,
                    help="off: keep copies; exact: drop byte-identical copies; near: also group near-duplicates")
-    p.add_argument("--near-duplicate-distance", type=int, default=DEFAULT_NEAR_DUPLICATE_DISTANCE,
+    p.add_argument("--near-duplicate-distance", type=int, default=IngestParams.near_duplicate_distance,
                    help="max Hamming distance (bits of 64) between perceptual hashes of near-duplicates")
-    p.add_argument("--group-pattern", default="",
+    p.add_argument("--group-pattern", default=IngestParams.group_pattern,
                    help=r"regex on the key whose first group names the source, e.g. '([^/]+)_fish\d+_frame\d+\.png$'")
-    p.add_argument("--expected-num-classes", type=int, default=0, help="fail unless this many classes (0: any)")
-    p.add_argument("--min-images-per-class", type=int, default=1)
-    p.add_argument("--allow-small-classes", action="store_true",
+    p.add_argument("--expected-num-classes", type=int, default=IngestParams.expected_num_classes,
+                   help="fail unless this many classes (0: any)")
+    p.add_argument("--min-images-per-class", type=int, default=IngestParams.min_images_per_class)
+    p.add_argument("--allow-small-classes", action="store_true", default=IngestParams.allow_small_classes,
                    help="accept classes too small to put an image in every split")
-    p.add_argument("--max-image-pixels", type=int, default=89_478_485, help="reject larger images (bombs)")
-    p.add_argument("--max-bad-fraction", type=float, default=0.05,
+    p.add_argument("--max-image-pixels", type=int, default=IngestParams.max_image_pixels,
+                   help="reject larger images (bombs)")
+    p.add_argument("--max-bad-fraction", type=float, default=IngestParams.max_bad_fraction,
                    help="fail when more than this fraction of objects is unusable")
-    p.add_argument("--workers", type=int, default=16, help="parallel reads (connection pool size)")
+    p.add_argument("--max-workers", type=int, default=IngestParams.max_workers,
+                   help="parallel reads (connection pool size)")
     p.set_defaults(func=_cmd_ingest)
 
     data = sub.add_parser("data", help="dataset helpers: upload a class-folder dataset to S3")
@@ -70,5 +73,5 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "stored with the same sha256 (object metadata) is skipped.")
     up.add_argument("folder", help="local folder, e.g. ./data with one sub-folder per class")
     up.add_argument("uri", help="destination s3://bucket/prefix (the bucket must exist)")
-    up.add_argument("--workers", type=int, default=16, help="parallel uploads")
+    up.add_argument("--max-workers", type=int, default=UploadParams.max_workers, help="parallel uploads")
     up.set_defaults(func=_cmd_upload)

@@ -1,0 +1,112 @@
+"""The ingest report (`ingest_report.json`: counts, warnings, every rejected object) and the checks that fail
+a dataset which cannot produce a usable manifest (docs/DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.examples import SPLITS
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.manifest import REPORT_FILE
+from tlpipe.components.ingest.params import IngestParams
+from tlpipe.components.ingest.reader import Listed
+
+log = get_logger("ingest")
+
+# Reasons that make an object *bad* (counted against max_bad_fraction); duplicates are not bad.
+BAD_REASONS = {"empty", "not_an_image", "unsupported_format", "corrupt", "too_large", "not_in_class_folder",
+               "bad_class_folder", "unsafe_key", "conflicting_label", "vanished"}
+
+
+class IngestError(RuntimeError):
+    """The dataset cannot produce a usable manifest (too many bad objects, too few classes, …)."""
+
+
+# The parameters the report records, in this order.
+RECORDED_PARAMS = ("dedupe", "near_duplicate_distance", "group_pattern", "max_image_pixels", "max_bad_fraction",
+                   "max_object_bytes")
+
+
+def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected: list[Listed], classes: list[str],
+          groups: list[str], splits: list[str], markers: int, unmatched: int, params: IngestParams) -> dict:
+    """The report document of one run (`groups` and `splits`: those of each accepted image)."""
+    ratios = params.ratios
+    per_class = {c: dict.fromkeys((*SPLITS, "total"), 0) for c in classes}
+    for item, split in zip(accepted, splits, strict=True):
+        per_class[item.label][split] += 1
+        per_class[item.label]["total"] += 1
+    group_sizes = Counter(groups)
+    by_reason = Counter(x.reason for x in rejected)
+    bad = sum(n for reason, n in by_reason.items() if reason in BAD_REASONS)
+    bucket = s3lib.split_uri(root_uri)[0]
+    return {
+        "data_uri": root_uri,
+        "listed_objects": len(listed),
+        "accepted": len(accepted),
+        "rejected": len(rejected),
+        "rejected_by_reason": dict(sorted(by_reason.items())),
+        "bad_objects": bad,
+        "bad_fraction": round(bad / len(listed), 6),
+        "folder_markers_ignored": markers,
+        "num_classes": len(classes),
+        "classes": classes,
+        "per_class": per_class,
+        "per_split": {s: splits.count(s) for s in SPLITS},
+        "num_groups": len(group_sizes),
+        "largest_group": max(group_sizes.values(), default=0),
+        "groups_with_more_than_one_image": sum(1 for n in group_sizes.values() if n > 1),
+        "group_pattern_unmatched": unmatched,
+        "warnings": _warnings(group_sizes, len(accepted), unmatched, ratios),
+        "ratios": ratios,
+        "params": {name: getattr(params, name) for name in RECORDED_PARAMS},
+        "rejected_objects": [{"uri": s3lib.join_uri(bucket, x.key), "reason": x.reason, "detail": x.detail}
+                             for x in rejected],
+    }
+
+
+def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, float]) -> list[str]:
+    """Signs that the split groups may not be what the user meant."""
+    out = []
+    smallest = min(r for r in ratios.values() if r > 0)
+    largest = max(group_sizes.values(), default=0)
+    if largest >= 10 and largest > smallest * n:
+        out.append(f"the largest split group holds {largest} of {n} images, more than the smallest split's share "
+                   f"({smallest:.0%}): near-duplicate chains or a broad group_pattern merged many images; check "
+                   f"near_duplicate_distance / group_pattern")
+    if unmatched:
+        out.append(f"group_pattern did not match {unmatched} of {n} keys: those are grouped by content only")
+    for warning in out:
+        log.warning("%s", warning)
+    return out
+
+
+def check(report: dict, classes: list[str], root_uri: str, params: IngestParams) -> None:
+    """Raise IngestError when the report shows a dataset unfit for training; warn of allowed small classes."""
+    max_bad_fraction, expected_num_classes = params.max_bad_fraction, params.expected_num_classes
+    min_images_per_class, ratios = params.min_images_per_class, params.ratios
+    if report["bad_fraction"] > max_bad_fraction:
+        bad = [f"{r['uri']}: {r['reason']}" for r in report["rejected_objects"] if r["reason"] in BAD_REASONS]
+        examples = "; ".join(bad[:5])
+        raise IngestError(f"{report['bad_objects']} of {report['listed_objects']} objects under {root_uri} are bad "
+                          f"({report['bad_fraction']:.1%} > max_bad_fraction={max_bad_fraction:.1%}): "
+                          f"{report['rejected_by_reason']}; e.g. {examples}; all listed in {REPORT_FILE}")
+    found = f"found {len(classes)}: {', '.join(classes) or '(none)'}"
+    if expected_num_classes and len(classes) != expected_num_classes:
+        raise IngestError(f"expected_num_classes={expected_num_classes} but {found} (under {root_uri})")
+    if len(classes) < 2:
+        raise IngestError(f"a classifier needs at least 2 classes with accepted images under {root_uri}; {found}")
+    small = {c: n["total"] for c, n in report["per_class"].items() if n["total"] < min_images_per_class}
+    if small:
+        raise IngestError(f"classes with fewer than min_images_per_class={min_images_per_class} accepted images: "
+                          f"{small}")
+    active = [s for s in SPLITS if ratios[s] > 0]
+    empty = {c: [s for s in active if n[s] == 0] for c, n in report["per_class"].items()}
+    empty = {c: s for c, s in empty.items() if s}
+    if empty and not params.allow_small_classes:
+        detail = "; ".join(f"{c} ({report['per_class'][c]['total']} images): no image in {', '.join(s)}"
+                           for c, s in empty.items())
+        raise IngestError(f"classes too small to give every split an image: {detail}. Add images (or distinct "
+                          f"groups), change the ratios, or set allow_small_classes")
+    for c, s in empty.items():
+        log.warning("class %s has no image in split(s) %s (allowed by allow_small_classes)", c, ", ".join(s))
