@@ -24,7 +24,7 @@ import numpy as np
 from bench.common import print_table, write_json
 
 CLASSES = ["class_a", "class_b", "class_c", "class_d"]
-SPLITS = ["train"] * 7 + ["val", "val", "test"]
+SPLIT_CYCLE = ["train"] * 7 + ["val", "val", "test"]
 
 
 def make_images(s3, bucket: str, count: int, folder: Path) -> Path:
@@ -32,7 +32,7 @@ def make_images(s3, bucket: str, count: int, folder: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from components.common.synthetic import class_image
+    from tlpipe.components.common.synthetic import class_image
 
     rng = np.random.default_rng(0)
     dims = rng.integers(320, 641, size=(count, 2))
@@ -47,7 +47,7 @@ def make_images(s3, bucket: str, count: int, folder: Path) -> Path:
         key = f"bench/{CLASSES[label]}/img_{i:05d}.jpg"
         s3.put_object(bucket, key, io.BytesIO(data), len(data))
         return {"uri": f"s3://{bucket}/{key}", "label": CLASSES[label], "label_index": label,
-                "split": SPLITS[i % len(SPLITS)], "sha256": hashlib.sha256(data).hexdigest(), "phash": "0" * 16,
+                "split": SPLIT_CYCLE[i % len(SPLIT_CYCLE)], "sha256": hashlib.sha256(data).hexdigest(), "phash": "0" * 16,
                 "group": str(i), "bytes": len(data), "width": w, "height": h, "format": "JPEG"}
 
     with ThreadPoolExecutor(8) as pool:
@@ -65,11 +65,12 @@ def make_images(s3, bucket: str, count: int, folder: Path) -> Path:
 
 def python_loop(manifest: Path, out: Path, size: int) -> int:
     """The same work without Spark: one process, one object after another."""
-    from components.common import examples
-    from components.common import s3 as s3lib
-    from components.preprocess import images, job
+    from tlpipe.components.common import examples
+    from tlpipe.components.common import manifest as manifest_artifact
+    from tlpipe.components.common import s3 as s3lib
+    from tlpipe.components.preprocess import images
 
-    df, _, _ = job.read_manifest(str(manifest))
+    df, _, _ = manifest_artifact.read(str(manifest))
     s3 = s3lib.client()
     for split in examples.SPLITS:
         part = df[df["split"] == split].sort_values("sha256")
@@ -102,7 +103,7 @@ def spark_run(manifest: Path, out: Path, size: int, master: str) -> tuple[float,
 def _spark_child(manifest: str, out: str, size: int, master: str) -> tuple[float, float]:
     from pyspark.sql import SparkSession
 
-    from components.preprocess import job
+    from tlpipe.components.preprocess import job
 
     started = time.perf_counter()
     spark = (SparkSession.builder.master(master).appName("bench-preprocess").config("spark.driver.memory", "1g")
@@ -124,8 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=224, help="output side in pixels (default 224)")
     args = parser.parse_args(argv)
 
-    from components.common import s3 as s3lib
-    from pipelines.stack import Stack
+    from tlpipe.components.common import s3 as s3lib
+    from tlpipe.stack import Stack
 
     with tempfile.TemporaryDirectory(prefix="bench-preprocess-") as tmp:
         tmp = Path(tmp)

@@ -1,1 +1,1 @@
-"""Spark preprocessing: manifest -> `examples` artifact (DESIGN.md §3), on local Spark, Yandex Data Proc or k8s."""
+"""Spark preprocessing: manifest -> `examples` (docs/DESIGN.md §3) on local Spark, Data Proc or k8s."""

@@ -1,7 +1,8 @@
 """The preprocess step: run the Spark job (job.py) on a backend and return the schema of what it wrote.
 
-Backends: `local` (a SparkSession in this process, `master` e.g. local[*]), `dataproc` (Yandex Data Proc,
-dataproc.py) and `k8s` (Kubeflow Spark Operator, k8s.py). Remote backends need s3:// manifest and output.
+Backends (`spark_backend`): `local` (a SparkSession in this process at `spark_master`, e.g. local[*]),
+`dataproc` (Yandex Data Proc, dataproc.py) and `k8s` (Kubeflow Spark Operator, k8s.py, running
+`spark_image`). Remote backends need s3:// manifest and output. Defaults: params.py.
 """
 
 from __future__ import annotations
@@ -12,14 +13,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from components.common import s3 as s3lib
-from components.common.examples import SCHEMA_FILE
-from components.common.log import get_logger
-from components.preprocess import job
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.examples import SCHEMA_FILE
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.preprocess import job
+from tlpipe.components.preprocess.params import PreprocessParams, check_backend, check_options
 
 log = get_logger("preprocess")
 
-BACKENDS = ("local", "dataproc", "k8s")
 LOCAL_OPTIONS = {
     "driver_memory": "JVM heap of the local driver (= executors in local mode), default 1g",
     "ui": "start the Spark web UI (default false)",
@@ -28,16 +29,8 @@ LOCAL_OPTIONS = {
 }
 
 
-def check_options(options: dict, known: dict, backend: str) -> dict:
-    """Reject unknown option keys with the list of known ones."""
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown spark_options for backend {backend!r}: {unknown}; known: {sorted(known)}")
-    return options
-
-
 @contextmanager
-def local_session(master: str = "local[*]", driver_memory: str = "1g", ui: bool = False,
+def local_session(master: str = PreprocessParams.spark_master, driver_memory: str = "1g", ui: bool = False,
                   conf: dict | None = None) -> Iterator:
     """A SparkSession on this machine; an already active session is reused (and left running)."""
     from pyspark.sql import SparkSession
@@ -62,32 +55,35 @@ def local_session(master: str = "local[*]", driver_memory: str = "1g", ui: bool 
         spark.stop()
 
 
-def preprocess(manifest: str, output: str, image_size: int = 224, resize_mode: str = "squash",
-               num_shards: int = 0, max_bad_fraction: float = 0.05, backend: str = "local",
-               master: str = "local[*]", options: dict | None = None, jpeg_quality: int = 95) -> dict:
+def preprocess(manifest: str, output: str, image_size: int = PreprocessParams.image_size,
+               resize_mode: str = PreprocessParams.resize_mode, num_shards: int = PreprocessParams.num_shards,
+               max_bad_fraction: float = PreprocessParams.max_bad_fraction,
+               spark_backend: str = PreprocessParams.spark_backend,
+               spark_master: str = PreprocessParams.spark_master, spark_options: dict | None = None,
+               jpeg_quality: int = PreprocessParams.jpeg_quality,
+               spark_image: str = PreprocessParams.spark_image) -> dict:
     """Manifest artifact -> examples artifact at `output`; returns its schema.json as a dict."""
-    options = dict(options or {})
-    if backend not in BACKENDS:
-        raise ValueError(f"spark_backend must be one of {BACKENDS}, got {backend!r}")
+    options = dict(spark_options or {})
+    backend = check_backend(spark_backend)
     config = job.JobConfig(manifest=str(manifest), output=str(output), image_size=image_size,
                            resize_mode=resize_mode, num_shards=num_shards, max_bad_fraction=max_bad_fraction,
                            jpeg_quality=jpeg_quality, partitions=int(options.pop("partitions", 0) or 0))
     config.validate()
     if backend == "local":
         check_options(options, LOCAL_OPTIONS, backend)
-        with local_session(master, str(options.get("driver_memory", "1g")), bool(options.get("ui", False)),
-                           options.get("conf")) as spark:
+        with local_session(spark_master, str(options.get("driver_memory", "1g")),
+                           bool(options.get("ui", False)), options.get("conf")) as spark:
             return job.run(spark, config)
     for name, uri in (("manifest", config.manifest), ("output", config.output)):
         if not s3lib.is_s3_uri(uri):
             raise ValueError(f"spark_backend {backend!r} runs on a remote cluster: {name} must be an s3:// URI, "
                              f"got {uri!r}")
     if backend == "dataproc":
-        from components.preprocess import dataproc
+        from tlpipe.components.preprocess import dataproc
 
         dataproc.run_job(config, dataproc.DataprocOptions.from_dict(options))
     else:
-        from components.preprocess import k8s
+        from tlpipe.components.preprocess import k8s
 
-        k8s.run_job(config, k8s.K8sOptions.from_dict(options))
+        k8s.run_job(config, k8s.K8sOptions.from_dict(options, spark_image))
     return json.loads(job.read_bytes(f"{config.output.rstrip('/')}/{SCHEMA_FILE}"))

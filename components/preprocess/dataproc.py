@@ -17,8 +17,9 @@ import uuid
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from components.common.log import get_logger
-from components.preprocess import core, job, remote
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.preprocess import job, remote
+from tlpipe.components.preprocess.params import check_options
 
 log = get_logger("preprocess.dataproc")
 
@@ -62,7 +63,7 @@ class DataprocOptions:
 
     @classmethod
     def from_dict(cls, options: dict) -> DataprocOptions:
-        core.check_options(options, {f.name for f in fields(cls)}, "dataproc")
+        check_options(options, {f.name for f in fields(cls)}, "dataproc")
         opts = cls(**{**options, "security_group_ids": tuple(options.get("security_group_ids", ()))})
         if not opts.cluster_id and not (opts.folder_id and opts.subnet_id and opts.service_account_id):
             raise ValueError("spark_options for 'dataproc' need either cluster_id (an existing cluster) or "

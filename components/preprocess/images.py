@@ -7,15 +7,10 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-RESIZE_MODES = ("squash", "center-crop", "pad")
+from tlpipe.components.preprocess.params import PreprocessParams, check_resize_mode
+
 PAD_COLOR = (0, 0, 0)
 _RESAMPLE = Image.Resampling.BICUBIC
-
-
-def check_resize_mode(resize_mode: str) -> str:
-    if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
-    return resize_mode
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -53,7 +48,7 @@ def load_rgb(data: bytes, target: int | None = None) -> Image.Image:
     return to_rgb(img)
 
 
-def resize(img: Image.Image, size: int, resize_mode: str = "squash") -> Image.Image:
+def resize(img: Image.Image, size: int, resize_mode: str = PreprocessParams.resize_mode) -> Image.Image:
     """Make `img` size×size: stretch (`squash`), crop the centre square (`center-crop`) or letterbox (`pad`)."""
     check_resize_mode(resize_mode)
     if resize_mode == "squash":
@@ -63,7 +58,8 @@ def resize(img: Image.Image, size: int, resize_mode: str = "squash") -> Image.Im
     return ImageOps.pad(img, (size, size), _RESAMPLE, color=PAD_COLOR)
 
 
-def process(data: bytes, size: int, resize_mode: str = "squash", quality: int = 95) -> bytes:
+def process(data: bytes, size: int, resize_mode: str = PreprocessParams.resize_mode,
+            quality: int = PreprocessParams.jpeg_quality) -> bytes:
     """Encoded image bytes -> JPEG bytes of an RGB size×size image."""
     img = resize(load_rgb(data, size), size, resize_mode)
     out = io.BytesIO()

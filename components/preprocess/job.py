@@ -1,9 +1,9 @@
 """The Spark work of the preprocess step: manifest -> decoded, resized JPEG `tf.train.Example` shards.
 
-Driver: reads `manifest.parquet` and `classes.json` (local or s3:// via pyarrow's S3FileSystem), plans
-the shards, and writes `schema.json` last (an artifact without it is incomplete). Executors: fetch each
-object with the minio SDK (no Hadoop S3A jars needed), decode/convert/resize it with Pillow, and write
-one shard per partition atomically (local: temporary name + rename; S3: a single PUT).
+Driver: reads the manifest (docs/DESIGN.md §2) through common.manifest (local or s3:// via pyarrow's
+S3FileSystem), plans the shards, and writes `schema.json` last (an artifact without it is incomplete).
+Executors: fetch each object with the minio SDK (no Hadoop S3A jars needed), decode/convert/resize it with
+Pillow, and write one shard per partition atomically (local: temporary name + rename; S3: a single PUT).
 
 Determinism: within a split, examples are ordered by (sha256, uri); example i goes to shard i mod k, and
 each shard is sorted by (sha256, uri), so two runs on the same manifest give byte-identical shards.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 import tempfile
@@ -25,24 +24,22 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from components.common import examples
-from components.common import s3 as s3lib
-from components.common.log import get_logger
-from components.common.settings import S3Settings
-from components.preprocess import images
+from tlpipe.components.common import examples, manifest
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import S3Settings
+from tlpipe.components.preprocess import images
+from tlpipe.components.preprocess.params import PreprocessParams, check_resize_mode
 
 log = get_logger("preprocess")
 
-MANIFEST_FILE = "manifest.parquet"
-CLASSES_FILE = "classes.json"
-REQUIRED_COLUMNS = ("uri", "label", "label_index", "split", "sha256")
 TARGET_SHARD_BYTES = 150 * 1024 * 1024  # automatic shard count aims at ~100-200 MB per shard
 FETCH_THREADS = 4  # objects fetched and decoded concurrently inside one task (I/O bound)
 MAX_LISTED_BAD = 1000  # schema.json lists at most this many bad images (the count is always exact)
 
 
 class PreprocessError(RuntimeError):
-    """The manifest or the job's parameters are unusable, or the job's output does not reconcile."""
+    """The job's output does not reconcile with the manifest (a bad manifest raises ManifestError)."""
 
 
 class TooManyBadImagesError(PreprocessError):
@@ -55,15 +52,15 @@ class JobConfig:
 
     manifest: str
     output: str
-    image_size: int = 224
-    resize_mode: str = "squash"
-    num_shards: int = 0
-    max_bad_fraction: float = 0.05
-    jpeg_quality: int = 95
-    partitions: int = 0
+    image_size: int = PreprocessParams.image_size
+    resize_mode: str = PreprocessParams.resize_mode
+    num_shards: int = PreprocessParams.num_shards
+    max_bad_fraction: float = PreprocessParams.max_bad_fraction
+    jpeg_quality: int = PreprocessParams.jpeg_quality
+    partitions: int = 0  # spark_options `partitions` (any backend): decode partitions, 0 = automatic
 
     def validate(self) -> None:
-        images.check_resize_mode(self.resize_mode)
+        check_resize_mode(self.resize_mode)
         if not 8 <= self.image_size <= 4096:
             raise ValueError(f"image_size must be within 8..4096, got {self.image_size}")
         if self.num_shards < 0:
@@ -139,37 +136,7 @@ def clear_output(output: str) -> int:
     return removed
 
 
-# ----- manifest ------------------------------------------------------------------------------------
-def read_manifest(manifest: str):
-    """(rows as a pandas DataFrame, class names, sha256 of manifest.parquet), validated against DESIGN §2."""
-    import pyarrow.parquet as pq
-
-    raw = read_bytes(_join(manifest, MANIFEST_FILE))
-    table = pq.read_table(io.BytesIO(raw))
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise PreprocessError(f"{_join(manifest, MANIFEST_FILE)} lacks columns {missing} (DESIGN.md §2)")
-    df = table.select(list(REQUIRED_COLUMNS)).to_pandas()
-    classes_doc = json.loads(read_bytes(_join(manifest, CLASSES_FILE)))
-    classes = list(classes_doc["classes"])
-    if df.empty:
-        raise PreprocessError(f"{_join(manifest, MANIFEST_FILE)} has no rows")
-    bad_split = sorted(set(df["split"]) - set(examples.SPLITS))
-    if bad_split:
-        raise PreprocessError(f"manifest has unknown splits {bad_split}; expected {examples.SPLITS}")
-    expected = df["label"].map({name: i for i, name in enumerate(classes)})
-    mismatch = df[expected.isna() | (expected != df["label_index"])]
-    if not mismatch.empty:
-        row = mismatch.iloc[0]
-        raise PreprocessError(f"{len(mismatch)} manifest rows disagree with classes.json, e.g. {row['uri']}: "
-                              f"label {row['label']!r} with label_index {row['label_index']}")
-    if df["uri"].duplicated().any():
-        raise PreprocessError(f"manifest lists {int(df['uri'].duplicated().sum())} URIs twice, "
-                              f"e.g. {df.loc[df['uri'].duplicated(), 'uri'].iloc[0]}")
-    df = df.astype({"label_index": "int64"})
-    return df, classes, hashlib.sha256(raw).hexdigest()
-
-
+# ----- planning ------------------------------------------------------------------------------------
 def plan_shards(counts: dict[str, int], bytes_per_example: float, num_shards: int) -> dict[str, int]:
     """Shards per split: `num_shards` in total (0 = ~TARGET_SHARD_BYTES each), shared in proportion to size.
 
@@ -266,23 +233,27 @@ def write_partition(index: int, items: Iterator, shard_uris: list[str]) -> Itera
 
 # ----- driver ----------------------------------------------------------------------------------------
 def package_zip(dest_dir: str | os.PathLike) -> Path:
-    """A zip of the `components` package (the job's own code) for --py-files / SparkContext.addPyFile."""
-    import components
+    """A zip of `tlpipe.components` (the job's own code) for --py-files / SparkContext.addPyFile.
 
-    root = Path(components.__file__).resolve().parent
+    Inside the zip the package sits at `tlpipe/components/`, beside an empty `tlpipe/__init__.py`.
+    """
+    import tlpipe.components
+
+    root = Path(tlpipe.components.__file__).resolve().parent
     path = Path(dest_dir, "tlpipe_components.zip")
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("tlpipe/__init__.py", "")
         for file in sorted(root.rglob("*.py")):
             if "__pycache__" not in file.parts:
-                zf.write(file, file.relative_to(root.parent).as_posix())
+                zf.write(file, f"tlpipe/components/{file.relative_to(root).as_posix()}")
     return path
 
 
 def ship_package(spark) -> None:
-    """Make `components` importable in the executors when it is not already shipped (as a zip)."""
-    import components
+    """Make `tlpipe.components` importable in the executors when it is not already shipped (as a zip)."""
+    import tlpipe.components
 
-    if ".zip" in str(components.__file__):  # already on the executors through --py-files / pyFiles
+    if ".zip" in str(tlpipe.components.__file__):  # already on the executors through --py-files / pyFiles
         return
     spark.sparkContext.addPyFile(str(package_zip(tempfile.mkdtemp(prefix="tlpipe-pyfiles-"))))
 
@@ -323,7 +294,7 @@ def run(spark, config: JobConfig) -> dict:
 
     config.validate()
     sc = spark.sparkContext
-    df, classes, manifest_sha = read_manifest(config.manifest)
+    df, classes, manifest_sha = manifest.read(config.manifest, read_bytes=read_bytes)
     counts = df["split"].value_counts().to_dict()
     log.info("manifest %s: %d images (%s), %d classes", config.manifest, len(df),
              ", ".join(f"{s} {counts.get(s, 0)}" for s in examples.SPLITS), len(classes))

@@ -1,9 +1,10 @@
 """spark-on-k8s backend: a `SparkApplication` (Kubeflow Spark Operator, sparkoperator.k8s.io/v1beta2).
 
-The application runs preprocess_job.py from the spark image (`main_application_file`, a local:// path inside
-the image, which holds this repository). Driver and executors get the S3 connection from the credentials
-Secret (envFrom), never from the manifest. The object is validated against the operator's published models
-(kubeflow-spark-api) before it is created, then polled until COMPLETED or FAILED.
+The application runs preprocess_job.py (`main_application_file`, a local:// path) from the Spark image: the
+step's `spark_image` (the pipeline passes its compiled `spark` image), unless spark_options set `image`.
+Driver and executors get the S3 connection from the credentials Secret (envFrom), never from the manifest.
+The object is validated against the operator's published models (kubeflow-spark-api) before it is created,
+then polled until COMPLETED or FAILED.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 
-from components.common.log import get_logger
-from components.preprocess import core, job, remote
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.settings import CREDENTIALS_SECRET
+from tlpipe.components.preprocess import job, remote
+from tlpipe.components.preprocess.params import check_options
 
 log = get_logger("preprocess.k8s")
 
@@ -36,12 +39,12 @@ class K8sOptions:
 
     namespace: str = "tlpipe"  # the Spark namespace of manifests/ (RBAC lets the step manage apps only there)
     service_account: str = "spark-driver"  # driver's account (manifests/): may create executor pods
-    image: str = ""  # default: the `spark` image of pipelines/settings.py
+    image: str = ""  # required: from_dict falls back to the step's spark_image
     image_pull_policy: str = "IfNotPresent"
     # where docker/spark installs the project (non-editable, into /opt/venv)
     main_application_file: str = (
-        "local:///opt/venv/lib/python3.11/site-packages/components/preprocess/preprocess_job.py")
-    credentials_secret: str = ""  # default: pipelines.settings.CREDENTIALS_SECRET
+        "local:///opt/venv/lib/python3.11/site-packages/tlpipe/components/preprocess/preprocess_job.py")
+    credentials_secret: str = ""  # default: common.settings.CREDENTIALS_SECRET
     spark_version: str = ""  # default: the installed pyspark's version
     driver_cores: int = 1
     driver_memory: str = "1g"
@@ -54,17 +57,21 @@ class K8sOptions:
     poll_interval_s: float = 10
     keep: bool = False  # keep the SparkApplication after success (it is always kept after a failure)
 
+    def __post_init__(self):
+        if not self.image:
+            raise ValueError("spark_backend 'k8s' has no Spark image: set the step's spark_image "
+                             "(tlpipe preprocess --spark-image) or spark_options 'image'")
+
     @classmethod
-    def from_dict(cls, options: dict) -> K8sOptions:
-        core.check_options(options, {f.name for f in fields(cls)}, "k8s")
-        return cls(**options)
+    def from_dict(cls, options: dict, spark_image: str = "") -> K8sOptions:
+        """The options of `spark_options`; their `image` wins over the step's `spark_image`."""
+        check_options(options, {f.name for f in fields(cls)}, "k8s")
+        return cls(**{**options, "image": options.get("image") or spark_image})
 
 
 def build_application(name: str, config: job.JobConfig, opts: K8sOptions) -> dict:
     """The SparkApplication object for one run, validated against the operator's models."""
     import pyspark
-
-    from pipelines.settings import CREDENTIALS_SECRET, ImageSettings
 
     env_from = [{"secretRef": {"name": opts.credentials_secret or CREDENTIALS_SECRET}}]
     labels = {"app.kubernetes.io/name": "tlpipe", "app.kubernetes.io/component": "preprocess"}
@@ -76,7 +83,7 @@ def build_application(name: str, config: job.JobConfig, opts: K8sOptions) -> dic
             "type": "Python",
             "pythonVersion": "3",
             "mode": "cluster",
-            "image": opts.image or ImageSettings().for_step("preprocess"),
+            "image": opts.image,
             "imagePullPolicy": opts.image_pull_policy,
             "mainApplicationFile": opts.main_application_file,
             "arguments": remote.job_arguments(config),

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from components.common import s3 as s3lib
-from components.common.settings import S3Settings
-from components.preprocess import job
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.settings import S3Settings
+from tlpipe.components.preprocess import job
 
 JOB_FILE = Path(__file__).with_name("preprocess_job.py")
 S3_ENV = ("S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from components.common.synthetic import class_image
+from tlpipe.components.common import manifest
+from tlpipe.components.common.synthetic import class_image
 
 CLASSES = ["angelfish", "bass", "carp"]
 SPLIT_CYCLE = ["train"] * 7 + ["val"] * 2 + ["test"]
@@ -49,22 +47,12 @@ def encode(img: Image.Image, kind: int) -> tuple[bytes, str]:
 
 
 def write_manifest(folder: Path, rows: list[dict]) -> Path:
-    """Write manifest.parquet (DESIGN §2 columns and types) + classes.json + ingest_report.json."""
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
-        "uri": [r["uri"] for r in rows], "label": [r["label"] for r in rows],
-        "label_index": pa.array([r["label_index"] for r in rows], pa.int32()),
-        "split": [r["split"] for r in rows], "sha256": [r["sha256"] for r in rows],
-        "phash": ["0" * 16 for _ in rows], "group": [r["sha256"][:16] for r in rows],
-        "bytes": pa.array([r["bytes"] for r in rows], pa.int64()),
-        "width": pa.array([r["width"] for r in rows], pa.int32()),
-        "height": pa.array([r["height"] for r in rows], pa.int32()),
-        "format": [r["format"] for r in rows],
-    })
-    pq.write_table(table, folder / "manifest.parquet")
-    (folder / "classes.json").write_text(json.dumps(
-        {"classes": CLASSES, "class_to_index": {c: i for i, c in enumerate(CLASSES)}}))
-    (folder / "ingest_report.json").write_text(json.dumps({"accepted": len(rows), "rejected": []}))
+    """Write the manifest artifact (docs/DESIGN.md §2) of `rows` through its owner, common.manifest."""
+    columns = {name: [r[name] for r in rows] for name in ("uri", "label", "label_index", "split", "sha256", "bytes",
+                                                           "width", "height", "format")}
+    columns |= {"phash": ["0" * 16 for _ in rows], "group": [r["sha256"][:16] for r in rows]}
+    manifest.write(folder, columns, CLASSES)
+    manifest.write_report(folder, {"accepted": len(rows), "rejected": []})
     return folder
 
 

@@ -5,15 +5,15 @@ No `from __future__ import annotations` here: kfp reads the pipeline's return an
 
 import json
 
-from components.common import examples
-from pipelines.cli import main
+from tlpipe.cli.main import main
+from tlpipe.components.common import examples
 
 
 def test_adapter_through_kfp_local(kfp_local, make_manifest):
     from kfp import dsl
     from kfp.dsl import Dataset
 
-    from components.preprocess.component import preprocess_op
+    from tlpipe.components.preprocess.component import preprocess_op
 
     manifest, rows = make_manifest(12, bad=1)
     op = dsl.component(preprocess_op, install_kfp_package=False)

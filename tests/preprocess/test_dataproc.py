@@ -32,8 +32,8 @@ from yandex.cloud.dataproc.v1 import (
 from yandex.cloud.endpoint import api_endpoint_pb2, api_endpoint_service_pb2, api_endpoint_service_pb2_grpc
 from yandex.cloud.operation import operation_pb2, operation_service_pb2_grpc
 
-from components.common import s3 as s3lib
-from components.preprocess import dataproc, job
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.preprocess import dataproc, job
 
 TOKEN = "t1.test-iam-token"
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.preprocess import images
+from tlpipe.components.preprocess import images
+from tlpipe.components.preprocess.params import RESIZE_MODES
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -59,7 +60,7 @@ def test_exif_orientation_is_applied():
     assert img.getpixel((5, 10))[0] > 200 and img.getpixel((55, 10))[2] > 200
 
 
-@pytest.mark.parametrize("mode", images.RESIZE_MODES)
+@pytest.mark.parametrize("mode", RESIZE_MODES)
 def test_resize_modes(mode):
     wide = Image.new("RGB", (80, 40), (0, 200, 0))
     wide.paste((200, 0, 0), (0, 0, 20, 40))  # red left quarter

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from components.common import examples
-from components.common import s3 as s3lib
-from components.preprocess import job
-from components.preprocess.core import preprocess
+from tlpipe.components.common import examples
+from tlpipe.components.common import manifest as manifest_artifact
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.preprocess import job
+from tlpipe.components.preprocess.core import preprocess
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,18 +106,18 @@ def test_manifest_errors_name_the_problem(make_manifest, tmp_path):
     manifest, _ = make_manifest(3)
     table = pq.read_table(manifest / "manifest.parquet")
     pq.write_table(table.drop_columns(["sha256"]), manifest / "manifest.parquet")
-    with pytest.raises(job.PreprocessError, match=r"lacks columns \['sha256'\]"):
-        job.read_manifest(str(manifest))
+    with pytest.raises(manifest_artifact.ManifestError, match=r"lacks columns \['sha256'\]"):
+        manifest_artifact.read(str(manifest), read_bytes=job.read_bytes)
     labels = table.column("label").to_pylist()
     pq.write_table(table.set_column(1, "label", [[labels[1]] + labels[1:]]), manifest / "manifest.parquet")
-    with pytest.raises(job.PreprocessError, match="disagree with classes.json.*img_0000"):
-        job.read_manifest(str(manifest))
+    with pytest.raises(manifest_artifact.ManifestError, match="disagree with classes.json.*img_0000"):
+        manifest_artifact.read(str(manifest), read_bytes=job.read_bytes)
     with pytest.raises(ValueError, match="resize_mode must be one of"):
         preprocess(str(manifest), str(tmp_path / "x"), resize_mode="stretch")
     with pytest.raises(ValueError, match="must be an s3:// URI"):
-        preprocess(str(manifest), "s3://b/x", backend="k8s")
+        preprocess(str(manifest), "s3://b/x", spark_backend="k8s")
     with pytest.raises(ValueError, match=r"unknown spark_options for backend 'local': \['driver_mem'\]"):
-        preprocess(str(manifest), str(tmp_path / "x"), options={"driver_mem": "1g"})
+        preprocess(str(manifest), str(tmp_path / "x"), spark_options={"driver_mem": "1g"})
 
 
 def test_plan_shards():

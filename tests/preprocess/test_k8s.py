@@ -12,7 +12,7 @@ import pytest
 from kubeflow_spark_api.models import SparkV1beta2SparkApplication
 from kubernetes import client
 
-from components.preprocess import job, k8s
+from tlpipe.components.preprocess import core, job, k8s
 
 APPS = re.compile(r"^/apis/sparkoperator\.k8s\.io/v1beta2/namespaces/([^/]+)/sparkapplications(?:/([^/?]+))?")
 POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log")
@@ -101,11 +101,12 @@ def api_server():
 
 
 CONFIG = job.JobConfig(manifest="s3://data/manifest", output="s3://data/examples", image_size=160, num_shards=8)
-FAST = {"namespace": "ml", "poll_interval_s": 0.01}
+IMAGE = "cr.example.com/team/spark:1.2.3"
+FAST = {"namespace": "ml", "poll_interval_s": 0.01, "image": IMAGE}
 
 
 def test_application_matches_the_operator_schema():
-    body = k8s.build_application("tlpipe-preprocess-x", CONFIG, k8s.K8sOptions(executor_instances=4))
+    body = k8s.build_application("tlpipe-preprocess-x", CONFIG, k8s.K8sOptions(image=IMAGE, executor_instances=4))
     app = SparkV1beta2SparkApplication.from_dict(body)
     assert app.spec.type == "Python" and app.spec.main_application_file.endswith("preprocess_job.py")
     assert app.spec.arguments[app.spec.arguments.index("--image-size") + 1] == "160"
@@ -148,3 +149,39 @@ def test_timeout_deletes_the_application(api_server):
     with pytest.raises(k8s.K8sTimeoutError, match="did not finish within 0 s .last state"):
         k8s.run_job(CONFIG, k8s.K8sOptions.from_dict({**FAST, "timeout_s": 0.05}), api_client)
     assert server.objects == {} and server.requests[-1][0] == "DELETE"
+
+
+class Built(Exception):
+    """Stops core.preprocess at run_job (no cluster to wait for, no schema.json to read), with the body."""
+
+
+@pytest.fixture
+def built(monkeypatch):
+    """built(**preprocess kwargs) -> the SparkApplication that core.preprocess on the k8s backend creates."""
+
+    def run_job(config, opts, api_client=None):
+        raise Built(k8s.build_application("tlpipe-preprocess-x", config, opts))
+
+    monkeypatch.setattr(k8s, "run_job", run_job)
+
+    def build(**kwargs):
+        with pytest.raises(Built) as stopped:
+            core.preprocess("s3://data/manifest", "s3://data/examples", spark_backend="k8s", **kwargs)
+        return stopped.value.args[0]
+
+    return build
+
+
+def test_spark_image_of_the_step_reaches_the_application(built):
+    assert built(spark_image=IMAGE)["spec"]["image"] == IMAGE
+    assert built(spark_image=IMAGE, spark_options={"image": "mine/spark:dev"})["spec"]["image"] == "mine/spark:dev"
+    assert built(spark_options={"image": "mine/spark:dev"})["spec"]["image"] == "mine/spark:dev"
+
+
+def test_no_spark_image_fails_at_once(monkeypatch):
+    monkeypatch.setattr(k8s, "run_job", lambda *a, **kw: pytest.fail("run_job called without an image"))
+    with pytest.raises(ValueError, match=r"^spark_backend 'k8s' has no Spark image: set the step's spark_image .*"
+                                         r"spark_options 'image'$"):
+        core.preprocess("s3://data/manifest", "s3://data/examples", spark_backend="k8s")
+    with pytest.raises(ValueError, match="has no Spark image"):
+        k8s.K8sOptions.from_dict({"image": ""}, spark_image="")
