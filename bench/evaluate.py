@@ -33,8 +33,8 @@ def build_model():
 
 
 def main() -> None:
-    from components.evaluate import scoring
-    from components.register import tflite
+    from tlpipe.components.common import scoring
+    from tlpipe.components.register import tflite
 
     model, pretrained = build_model()
     images = np.random.default_rng(0).integers(0, 256, size=(32, SIZE, SIZE, 3)).astype(np.uint8)

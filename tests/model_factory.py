@@ -1,4 +1,4 @@
-"""Small real Keras classifiers saved in the `model` artifact layout (DESIGN.md §4), for evaluate/register tests.
+"""Small real Keras classifiers in the `model` artifact layout (docs/DESIGN.md §4), for evaluate/register tests.
 
 `train_model` fits a tiny CNN on the train split; `constant_model` and `permuted_model` derive models with a
 known, worse behaviour from it by editing the last layer, so the expected ranking is certain.
@@ -11,12 +11,20 @@ from pathlib import Path
 
 import numpy as np
 
+from tlpipe.components.common.model_artifact import (
+    CLASS_INDICES_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    SKIPPED_FILE,
+)
+
 
 def train_model(examples_dir: str | Path, epochs: int = 40, seed: int = 0):
     """A tiny CNN (raw 0-255 RGB in, softmax out) trained on the train split of `examples_dir`."""
     import keras
 
-    from components.common.examples import load_split, read_schema
+    from tlpipe.components.common.examples import load_split, read_schema
 
     keras.utils.set_random_seed(seed)
     schema = read_schema(examples_dir)
@@ -69,13 +77,13 @@ def save_artifact(model, dest: str | Path, classes: list[str], history: dict | N
 
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    model.save(dest / "model.keras")
-    (dest / "class_indices.json").write_text(json.dumps(
+    model.save(dest / MODEL_FILE)
+    (dest / CLASS_INDICES_FILE).write_text(json.dumps(
         {"classes": classes, "class_to_index": {c: i for i, c in enumerate(classes)}}))
     history = history or {}
     renamed = {(f"{history_prefix}{k}" if not k.startswith("val_") else k): v for k, v in history.items()}
-    (dest / "history.json").write_text(json.dumps(renamed))
-    Image.new("RGB", (8, 8), "white").save(dest / "curves.png")
+    (dest / HISTORY_FILE).write_text(json.dumps(renamed))
+    Image.new("RGB", (8, 8), "white").save(dest / CURVES_FILE)
     return dest
 
 
@@ -83,5 +91,5 @@ def skipped_artifact(dest: str | Path, stage: str, reason: str) -> Path:
     """A SKIPPED placeholder: a folder with only skipped.json."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "skipped.json").write_text(json.dumps({"stage": stage, "reason": reason}))
+    (dest / SKIPPED_FILE).write_text(json.dumps({"stage": stage, "reason": reason}))
     return dest

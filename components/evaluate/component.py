@@ -1,4 +1,4 @@
-"""KFP adapter of evaluate/compare (DESIGN.md §5). The pipeline wraps `evaluate_op` with dsl.component."""
+"""KFP adapter of evaluate/compare (docs/DESIGN.md §5); the pipeline wraps `evaluate_op` in dsl.component."""
 
 from typing import NamedTuple
 
@@ -20,14 +20,38 @@ def evaluate_op(
     kfp_run_id: str = "local",
     latency_repeats: int = 20,
 ) -> NamedTuple("EvaluateOutputs", [("best_stage", str), ("best_score", float), ("explanation", str)]):
-    """Score the frozen, fine-tuned and scratch models on the test split; report, log to MLflow, pass on the best."""
+    """Score the frozen, fine-tuned and scratch models on the test split and pass on the best one.
+
+    A stage switched off upstream arrives as a placeholder (`skipped.json`) and is listed, not scored. The
+    comparison goes to the KFP UI (metrics, confusion matrix, HTML report) and to a nested MLflow run.
+
+    Args:
+        examples: The `examples` artifact of preprocess; only its test split is used.
+        frozen_model: The `model` artifact of train-frozen.
+        finetuned_model: The `model` artifact of finetune, or the placeholder of a skipped finetune.
+        scratch_model: The `model` artifact of train-scratch, or the placeholder of a skipped baseline.
+        metrics: Output: scalars per model (`<stage>_<metric>`, latencies) and the transfer-vs-scratch gap.
+        confusion_matrix: Output: the confusion matrix of the chosen model, with the class names.
+        report: Output: the self-contained HTML comparison report.
+        best_model: Output: a copy of the chosen `model` artifact plus its `evaluation.json`.
+        selection_metric: The test metric that picks the best model: accuracy, top_k_accuracy, macro_f1,
+            macro_precision, macro_recall (higher is better), log_loss or ece (lower is better).
+        top_k: k of the top-k accuracy (capped at the number of classes).
+        experiment: The MLflow experiment of the pipeline's parent run.
+        kfp_run_id: The pipeline run whose MLflow parent run this step logs under ("local": $KFP_RUN_ID).
+        latency_repeats: Timed CPU inference runs per batch size (1 and 32), after warm-up.
+
+    Returns:
+        EvaluateOutputs: `best_stage` (the stage chosen), `best_score` (its test `selection_metric`) and
+        `explanation` (one sentence saying why it was chosen).
+    """
     import json
     import shutil
     import tempfile
     from collections import namedtuple
     from pathlib import Path
 
-    from components.evaluate import core
+    from tlpipe.components.evaluate import core
 
     inputs = {"frozen": frozen_model, "finetuned": finetuned_model, "scratch": scratch_model}
     model_dirs = {stage: artifact.path for stage, artifact in inputs.items()}

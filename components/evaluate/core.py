@@ -1,9 +1,10 @@
-"""evaluate/compare (DESIGN.md §5): score every candidate model on the test split, pick the best, explain it.
+"""evaluate/compare (docs/DESIGN.md §5): score every candidate model on the test split, pick the best, say why.
 
 `evaluate()` works on plain folders: the `examples` artifact and one `model` artifact per stage (a stage
-switched off arrives as a placeholder holding only `skipped.json`). It writes `evaluation.json` and the
-self-contained `report.html` into an output folder; `copy_best()` builds the `best_model` artifact and
-`log_to_mlflow()` records everything in the stage's nested MLflow run.
+switched off arrives as a placeholder holding only `skipped.json`), read through
+`tlpipe.components.common.model_artifact`. It writes `evaluation.json` and the self-contained `report.html`
+into an output folder; `copy_best()` builds the `best_model` artifact and `log_to_mlflow()` records
+everything in the stage's nested MLflow run. The metrics are those of `tlpipe.components.common.scoring`.
 """
 
 from __future__ import annotations
@@ -14,36 +15,41 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.log import get_logger
-from components.evaluate import report as html_report
-from components.evaluate import scoring
+from tlpipe.components.common import model_artifact, scoring
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.model_artifact import EVALUATION_FILE, ModelArtifactError
+from tlpipe.components.evaluate import report as html_report
+from tlpipe.components.evaluate.params import EvaluateParams
 
 log = get_logger("evaluate")
 
-MODEL_FILE = "model.keras"
-CLASS_INDICES_FILE = "class_indices.json"
-HISTORY_FILE = "history.json"
-SKIPPED_FILE = "skipped.json"
-EVALUATION_FILE = "evaluation.json"
 REPORT_FILE = "report.html"
 SCRATCH_STAGE = "scratch"
 THUMBNAILS_PER_PAIR = 4
 
 
+def _optional(read, model_dir: str | Path, default):
+    """A JSON file of the artifact that a hand-made `model` artifact may lack: `default` when it is missing."""
+    try:
+        return read(model_dir)
+    except ModelArtifactError:
+        return default
+
+
 def read_candidate(stage: str, model_dir: str | Path) -> dict:
     """What a `model` artifact folder holds: {"status": "skipped", "reason"} or {"status": "ready", ...}."""
-    model_dir = Path(model_dir)
-    if (model_dir / SKIPPED_FILE).exists():
-        info = json.loads((model_dir / SKIPPED_FILE).read_text())
-        return {"status": "skipped", "reason": info.get("reason", "stage switched off")}
-    if not (model_dir / MODEL_FILE).exists():
-        raise FileNotFoundError(f"{stage} model artifact {model_dir} holds neither {MODEL_FILE} nor {SKIPPED_FILE} "
-                                f"(DESIGN.md §4)")
-    history_path = model_dir / HISTORY_FILE
-    history = json.loads(history_path.read_text()) if history_path.exists() else {}
-    classes_path = model_dir / CLASS_INDICES_FILE
-    classes = json.loads(classes_path.read_text())["classes"] if classes_path.exists() else None
-    return {"status": "ready", "path": str(model_dir), "history": history, "classes": classes}
+    skipped = model_artifact.read_skipped(model_dir)
+    if skipped is not None:
+        return {"status": "skipped", "reason": skipped.get("reason", "stage switched off")}
+    try:
+        model_artifact.model_file(model_dir)
+    except ModelArtifactError as exc:
+        raise ModelArtifactError(f"{stage} model artifact {model_dir} holds neither {model_artifact.MODEL_FILE} "
+                                 f"nor {model_artifact.SKIPPED_FILE} (docs/DESIGN.md §4)") from exc
+    return {"status": "ready", "path": str(model_dir),
+            "history": _optional(model_artifact.read_history, model_dir, {}),
+            "classes": _optional(model_artifact.read_classes, model_dir, None),
+            "metadata": _optional(model_artifact.read_metadata, model_dir, {})}
 
 
 def _select(scored: dict[str, dict], metric: str) -> tuple[str, str]:
@@ -94,23 +100,18 @@ def evaluate(
     examples_dir: str | Path,
     model_dirs: dict[str, str | Path],
     out_dir: str | Path,
-    selection_metric: str = "accuracy",
-    top_k: int = 3,
+    selection_metric: str = EvaluateParams.selection_metric,
+    top_k: int = EvaluateParams.top_k,
     metadata: dict[str, dict] | None = None,
-    latency_repeats: int = 20,
+    latency_repeats: int = EvaluateParams.latency_repeats,
 ) -> dict:
     """Score every model of `model_dirs` ({stage: folder}) on the test split; write evaluation.json and report.html.
 
-    Returns the evaluation: per-candidate metrics and latency, best_stage, best_score, explanation,
-    transfer_vs_scratch, most_confused pairs.
+    `metadata` ({stage: KFP artifact metadata}) is recorded per candidate; a stage without an entry gets its
+    artifact's metadata.json. Returns the evaluation: per-candidate metrics and latency, best_stage, best_score,
+    explanation, transfer_vs_scratch, most_confused pairs.
     """
-    import keras
-
-    if selection_metric not in scoring.METRIC_DIRECTIONS:
-        raise ValueError(f"selection_metric must be one of {sorted(scoring.METRIC_DIRECTIONS)}, "
-                         f"got {selection_metric!r}")
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
+    EvaluateParams(selection_metric=selection_metric, top_k=top_k, latency_repeats=latency_repeats).validate()
     if not model_dirs:
         raise ValueError("no candidate models given")
     metadata = metadata or {}
@@ -125,7 +126,8 @@ def evaluate(
     histories: dict[str, dict] = {}
     for stage, model_dir in model_dirs.items():
         info = read_candidate(stage, model_dir)
-        meta = {k: v for k, v in metadata.get(stage, {}).items() if isinstance(v, str | int | float | bool)}
+        given = metadata[stage] if stage in metadata else info.get("metadata", {})
+        meta = {k: v for k, v in given.items() if isinstance(v, str | int | float | bool)}
         if info["status"] == "skipped":
             log.info("%s: skipped upstream (%s); not scored", stage, info["reason"])
             candidates[stage] = {"status": "skipped", "reason": info["reason"], "metadata": meta}
@@ -134,7 +136,7 @@ def evaluate(
             raise ValueError(f"{stage} model was trained on classes {info['classes']} but the test split has "
                              f"{classes}; evaluate models and examples of the same pipeline run")
         log.info("%s: scoring %s", stage, info["path"])
-        model = keras.saving.load_model(Path(info["path"]) / MODEL_FILE, compile=False)
+        model = model_artifact.load_model(info["path"])
         predict = scoring.compiled_predictor(model)
         probs = scoring.predict_proba(predict, images)
         metrics = scoring.classification_metrics(probs, labels, classes, top_k=top_k)
@@ -190,11 +192,8 @@ def copy_best(result: dict, model_dirs: dict[str, str | Path], dest: str | Path)
                                  for s, c in result["candidates"].items() if c["status"] == "scored"}}
     if result.get("mlflow_run_id"):
         evaluation["mlflow_run_ids"]["evaluate"] = result["mlflow_run_id"]
-    (dest / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2))
+    model_artifact.write_evaluation(dest, evaluation)
     return dest
-
-
-SCALAR_METRICS = ("accuracy", "top_k_accuracy", "macro_f1", "macro_precision", "macro_recall", "log_loss", "ece")
 
 
 def flat_metrics(result: dict) -> dict[str, float]:
@@ -203,7 +202,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
     for stage, cand in result["candidates"].items():
         if cand["status"] != "scored":
             continue
-        for name in SCALAR_METRICS:
+        for name in scoring.METRIC_DIRECTIONS:
             flat[f"{stage}_{name}"] = float(cand["metrics"][name])
         lat = cand["latency"]
         flat[f"{stage}_latency_ms_b1"] = lat["batch_1"]["median_ms"]
@@ -220,7 +219,7 @@ def log_to_mlflow(result: dict, out_dir: str | Path, kfp_run_id: str, experiment
     """Log metrics, the report and evaluation.json to the nested `evaluate` MLflow run; returns its id."""
     import mlflow
 
-    from components.common import mlflow_utils
+    from tlpipe.components.common import mlflow_utils
 
     mlflow_utils.connect()
     with mlflow_utils.stage_run("evaluate", kfp_run_id=kfp_run_id, experiment=experiment,

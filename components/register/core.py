@@ -1,4 +1,4 @@
-"""register-model (DESIGN.md §6): a new registry version of the chosen model, and the champion/challenger gate.
+"""register-model (docs/DESIGN.md §6): a new registry version of the chosen model, and the champion/challenger gate.
 
 Order matters: log and register the version, set `challenger`, re-score the current `champion` on the
 same test split, write the decision into the version's description, and move `champion` last, so any
@@ -8,23 +8,19 @@ failure before that leaves the old champion serving.
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from components.common.log import get_logger
-from components.evaluate import scoring
-from components.register import registry, tflite
+from tlpipe.components.common import manifest, mlflow_utils, model_artifact, scoring
+from tlpipe.components.common.hashing import sha256_file
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.register import registry, tflite
+from tlpipe.components.register.params import RegisterParams
 
 log = get_logger("register")
-
-MODEL_FILE = "model.keras"
-EVALUATION_FILE = "evaluation.json"
-CLASS_INDICES_FILE = "class_indices.json"
-MANIFEST_FILE = "manifest.parquet"
 
 
 @dataclass
@@ -39,20 +35,6 @@ class RegisterResult:
     champion_version: str | None
     reused_version: bool
     metric: str
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {what}")
-    return path
 
 
 def _find_version(client, name: str, content_hash: str) -> str | None:
@@ -82,39 +64,40 @@ def register(
     best_model_dir: str | Path,
     examples_dir: str | Path,
     manifest_dir: str | Path,
-    registered_model_name: str = "fish-classifier",
-    min_improvement: float = 0.0,
-    force_promote: bool = False,
-    experiment: str = "fish-classification",
+    registered_model_name: str = RegisterParams.registered_model_name,
+    min_improvement: float = RegisterParams.min_improvement,
+    force_promote: bool = RegisterParams.force_promote,
+    experiment: str = mlflow_utils.DEFAULT_EXPERIMENT,
     kfp_run_id: str = "local",
     metadata: dict | None = None,
-    latency_repeats: int = 50,
+    tflite_latency_repeats: int = RegisterParams.tflite_latency_repeats,
 ) -> RegisterResult:
-    """Register the model in `best_model_dir` (a `model` artifact plus evaluation.json) and run the gate."""
-    import keras
+    """Register the model in `best_model_dir` (a `model` artifact plus evaluation.json) and run the gate.
+
+    Without evaluation.json the gate compares on scoring's default metric and top-k.
+    """
     from mlflow.tracking import MlflowClient
 
-    from components.common import mlflow_utils
-
-    if min_improvement < 0:
-        raise ValueError(f"min_improvement must be >= 0, got {min_improvement}")
+    RegisterParams(registered_model_name=registered_model_name, min_improvement=min_improvement,
+                   force_promote=force_promote, tflite_latency_repeats=tflite_latency_repeats).validate()
     name = registered_model_name
     best_model_dir, metadata = Path(best_model_dir), dict(metadata or {})
-    model_path = _require(best_model_dir / MODEL_FILE, "best_model is not a `model` artifact (DESIGN.md §4)")
-    manifest_path = _require(Path(manifest_dir) / MANIFEST_FILE, "manifest is not a `manifest` artifact (DESIGN.md §2)")
-    evaluation_path = best_model_dir / EVALUATION_FILE
-    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
-    metric = evaluation.get("selection_metric", "accuracy")
-    top_k = int(evaluation.get("metrics", {}).get("top_k", 3))
+    model_path = model_artifact.model_file(best_model_dir)
+    manifest_hash = manifest.content_hash(manifest_dir)
+    try:
+        evaluation = model_artifact.read_evaluation(best_model_dir)
+    except model_artifact.ModelArtifactError:
+        evaluation = {}
+    metric = evaluation.get("selection_metric", scoring.DEFAULT_METRIC)
+    top_k = int(evaluation.get("metrics", {}).get("top_k", scoring.DEFAULT_TOP_K))
 
     mlflow_utils.connect()
     client = MlflowClient()
-    manifest_hash = sha256_file(manifest_path)
     content_hash = hashlib.sha256(f"{sha256_file(model_path)}:{manifest_hash}".encode()).hexdigest()
     registry.ensure_registered_model(client, name, description="Fish image classifier (tlpipe)")
 
     images, labels, classes = scoring.load_test_arrays(examples_dir)
-    model = keras.saving.load_model(model_path, compile=False)
+    model = model_artifact.load_model(best_model_dir)
     probs = scoring.predict_proba(scoring.compiled_predictor(model), images)
     metrics = scoring.classification_metrics(probs, labels, classes, top_k=top_k)
     new_score = float(metrics[metric])
@@ -128,7 +111,7 @@ def register(
     else:
         version = _log_and_register(client, name, model, model_path, best_model_dir, images, labels, probs,
                                     metrics, evaluation, metadata, manifest_hash, content_hash,
-                                    kfp_run_id, experiment, latency_repeats)
+                                    kfp_run_id, experiment, tflite_latency_repeats)
 
     with registry.registry_errors(f"set alias {registry.CHALLENGER!r}", name):
         client.set_registered_model_alias(name, registry.CHALLENGER, version)
@@ -178,15 +161,12 @@ def register(
 
 def _log_and_register(client, name, model, model_path, best_model_dir, images, labels, probs, metrics,
                       evaluation, metadata, manifest_hash, content_hash, kfp_run_id, experiment,
-                      latency_repeats) -> str:
+                      tflite_latency_repeats) -> str:
     """Log the Keras model, its TFLite forms and test metrics in the `register` MLflow run; create the version."""
     import mlflow
     from mlflow.models import infer_signature
 
-    from components.common import mlflow_utils
-
-    scalar = {f"test_{k}": float(metrics[k]) for k in
-              ("accuracy", "top_k_accuracy", "macro_f1", "macro_precision", "macro_recall", "log_loss", "ece")}
+    scalar = {f"test_{k}": float(metrics[k]) for k in scoring.METRIC_DIRECTIONS}
     run_ids = {f"mlflow_run_id.{stage}": run_id for stage, run_id in evaluation.get("mlflow_run_ids", {}).items()}
     stage = evaluation.get("stage") or metadata.get("stage", "unknown")
     tags = {"kfp_run_id": kfp_run_id, "manifest_sha256": manifest_hash, registry.CONTENT_HASH_TAG: content_hash,
@@ -206,12 +186,12 @@ def _log_and_register(client, name, model, model_path, best_model_dir, images, l
             example = images[:1]
             mlflow.keras.save_model(model, tmp, signature=infer_signature(example, probs[:1]), input_example=example)
             mlflow.log_artifacts(tmp, artifact_path="model")
-        for extra in (EVALUATION_FILE, CLASS_INDICES_FILE):
+        for extra in (model_artifact.EVALUATION_FILE, model_artifact.CLASS_INDICES_FILE):
             if (best_model_dir / extra).exists():
                 mlflow.log_artifact(str(best_model_dir / extra), artifact_path="model_info")
         with tempfile.TemporaryDirectory(prefix="tflite-") as tmp:
             for variant, path in tflite.export(model, tmp).items():
-                result = tflite.score(path, images, labels, latency_repeats=latency_repeats)
+                result = tflite.score(path, images, labels, latency_repeats=tflite_latency_repeats)
                 log.info("TFLite %s: accuracy %.4f, %.2f ms/image (p90 %.2f)", variant, result["accuracy"],
                          result["latency_ms_b1"], result["latency_ms_b1_p90"])
                 mlflow.log_metrics({f"tflite_{variant}_{k}": v for k, v in result.items()})
@@ -228,8 +208,6 @@ def _log_and_register(client, name, model, model_path, best_model_dir, images, l
 
 def _finish_parent_run(client, kfp_run_id: str, experiment: str) -> None:
     """Mark the pipeline's parent MLflow run FINISHED (register is the last step)."""
-    from components.common import mlflow_utils
-
     parent = mlflow_utils.parent_run_id(kfp_run_id, experiment)
     client.set_terminated(parent, status="FINISHED")
     log.info("MLflow parent run %s of pipeline run %s marked FINISHED", parent, kfp_run_id)

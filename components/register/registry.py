@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from components.common.log import get_logger
+from tlpipe.components.common.log import get_logger
 
 log = get_logger("registry")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common.log import get_logger
+from tlpipe.components.common.log import get_logger
 
 log = get_logger("register")
 

@@ -9,7 +9,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from components.evaluate import core, scoring
+from tlpipe.components.common import scoring
+from tlpipe.components.common.model_artifact import EVALUATION_FILE
+from tlpipe.components.evaluate import core
 
 CLASSES = ["class_00", "class_01", "class_02"]
 
@@ -101,7 +103,7 @@ def test_report_is_self_contained_html(evaluation):
     assert "training curves" in alts and "confusion matrix of finetuned" in alts
     text = " ".join(report.text)
     assert result["explanation"] in text and result["transfer_vs_scratch"]["line"] in text
-    assert json.loads((out / core.EVALUATION_FILE).read_text())["best_stage"] == "finetuned"
+    assert json.loads((out / EVALUATION_FILE).read_text())["best_stage"] == "finetuned"
 
 
 def test_most_confused_pairs_show_thumbnails(tmp_path, candidates, session_examples):
@@ -129,7 +131,7 @@ def test_best_model_artifact_carries_its_evaluation(tmp_path, evaluation, candid
     result, _ = evaluation
     best = core.copy_best(result, candidates, tmp_path / "best")
     assert (best / "model.keras").exists() and (best / "class_indices.json").exists()
-    evaluation_json = json.loads((best / core.EVALUATION_FILE).read_text())
+    evaluation_json = json.loads((best / EVALUATION_FILE).read_text())
     assert evaluation_json["stage"] == "finetuned" and evaluation_json["metrics"]["accuracy"] > 0.8
     assert set(evaluation_json["comparison"]) == {"frozen", "finetuned", "scratch"}
 
@@ -170,7 +172,7 @@ def test_bad_inputs_fail_with_named_errors(tmp_path, model_factory, trained, can
 def test_logs_metrics_and_report_to_a_nested_mlflow_run(stack, evaluation):
     from mlflow.tracking import MlflowClient
 
-    from components.common import mlflow_utils
+    from tlpipe.components.common import mlflow_utils
 
     result, out = evaluation
     run_id = core.log_to_mlflow(dict(result), out, kfp_run_id="evaluate-test", experiment="evaluate-test")

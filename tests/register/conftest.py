@@ -9,12 +9,13 @@ import pytest
 
 @pytest.fixture(scope="session")
 def manifest_dir(tmp_path_factory, session_examples) -> Path:
-    """A small `manifest` artifact (DESIGN.md §2) describing the synthetic examples."""
+    """A small `manifest` artifact (docs/DESIGN.md §2) describing the synthetic examples."""
     import json
 
     import pandas as pd
 
-    from components.common.examples import read_schema
+    from tlpipe.components.common.examples import read_schema
+    from tlpipe.components.common.manifest import CLASSES_FILE, MANIFEST_FILE
 
     folder = tmp_path_factory.mktemp("manifest")
     classes = read_schema(session_examples)["classes"]
@@ -22,7 +23,7 @@ def manifest_dir(tmp_path_factory, session_examples) -> Path:
              "sha256": f"{k}{i}{s}", "phash": "0" * 16, "group": f"{c}-{i}", "bytes": 1000, "width": 32,
              "height": 32, "format": "JPEG"} for k, c in enumerate(classes) for i in range(3)
             for s in ("train", "val", "test")]
-    pd.DataFrame(rows).to_parquet(folder / "manifest.parquet")
-    (folder / "classes.json").write_text(json.dumps({"classes": classes,
+    pd.DataFrame(rows).to_parquet(folder / MANIFEST_FILE)
+    (folder / CLASSES_FILE).write_text(json.dumps({"classes": classes,
                                                      "class_to_index": {c: i for i, c in enumerate(classes)}}))
     return folder

@@ -14,8 +14,8 @@ def test_evaluate_then_register_through_kfp_local(stack, kfp_local, tmp_path, mo
     from kfp import dsl
     from mlflow.tracking import MlflowClient
 
-    from components.evaluate.component import evaluate_op
-    from components.register.component import register_op
+    from tlpipe.components.evaluate.component import evaluate_op
+    from tlpipe.components.register.component import register_op
 
     model, history = trained
     frozen = model_factory.save_artifact(model_factory.constant_model(model, 2), tmp_path / "frozen", CLASSES,

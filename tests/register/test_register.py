@@ -15,7 +15,7 @@ CLASSES = ["class_00", "class_01", "class_02"]
 
 def best_model_dir(tmp_path, model_factory, model, name, session_examples, stage="finetuned"):
     """A `best_model` artifact as evaluate writes it: the model folder plus evaluation.json."""
-    from components.evaluate import core as evaluate
+    from tlpipe.components.evaluate import core as evaluate
 
     folder = model_factory.save_artifact(model, tmp_path / f"{name}-model", CLASSES)
     result = evaluate.evaluate(session_examples, {stage: folder}, tmp_path / f"{name}-eval", latency_repeats=2,
@@ -27,7 +27,7 @@ def best_model_dir(tmp_path, model_factory, model, name, session_examples, stage
 def lifecycle(stack, tmp_path_factory, model_factory, trained, session_examples, manifest_dir):
     """Registrations of one name: a constant model, a worse one, a better one under min_improvement=0.99,
     the better one with the default gate (reusing its version), and the same inputs once more."""
-    from components.register import core
+    from tlpipe.components.register import core
 
     tmp = tmp_path_factory.mktemp("lifecycle")
     model, _ = trained
@@ -43,7 +43,7 @@ def lifecycle(stack, tmp_path_factory, model_factory, trained, session_examples,
     for step, key, min_improvement in steps:
         results[step] = core.register(dirs[key], session_examples, manifest_dir, registered_model_name=name,
                                       min_improvement=min_improvement, kfp_run_id=f"run-{name}",
-                                      metadata={"backbone": "tiny", "image_size": 32}, latency_repeats=5)
+                                      metadata={"backbone": "tiny", "image_size": 32}, tflite_latency_repeats=5)
     return name, results
 
 
@@ -93,8 +93,8 @@ def test_version_tags_tflite_and_parent_run(lifecycle, session_examples, manifes
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from components.common import mlflow_utils
-    from components.register.core import sha256_file
+    from tlpipe.components.common import mlflow_utils
+    from tlpipe.components.common.hashing import sha256_file
 
     name, _ = lifecycle
     client = MlflowClient()
@@ -120,7 +120,7 @@ def test_version_tags_tflite_and_parent_run(lifecycle, session_examples, manifes
 def test_champion_loads_from_registry_and_predicts_test_classes(lifecycle, session_examples):
     import mlflow
 
-    from components.evaluate.scoring import load_test_arrays
+    from tlpipe.components.common.scoring import load_test_arrays
 
     name, _ = lifecycle
     images, labels, _ = load_test_arrays(session_examples)
@@ -134,7 +134,7 @@ def test_champion_loads_from_registry_and_predicts_test_classes(lifecycle, sessi
 def test_models_cli_list_show_promote_rollback(lifecycle, capsys):
     from mlflow.tracking import MlflowClient
 
-    from pipelines.cli import main
+    from tlpipe.cli.main import main
 
     name, _ = lifecycle
     client = MlflowClient()
@@ -158,8 +158,8 @@ def test_unloadable_champion_blocks_promotion_unless_forced(stack, tmp_path, mod
                                                            session_examples, manifest_dir):
     from mlflow.tracking import MlflowClient
 
-    from components.common import mlflow_utils
-    from components.register import core, registry
+    from tlpipe.components.common import mlflow_utils
+    from tlpipe.components.register import core, registry
 
     mlflow_utils.connect()
     client = MlflowClient()
@@ -169,13 +169,13 @@ def test_unloadable_champion_blocks_promotion_unless_forced(stack, tmp_path, mod
     client.set_registered_model_alias(name, registry.CHAMPION, broken.version)
     best = best_model_dir(tmp_path, model_factory, trained[0], "good", session_examples)
 
-    refused = core.register(best, session_examples, manifest_dir, registered_model_name=name, latency_repeats=2)
+    refused = core.register(best, session_examples, manifest_dir, registered_model_name=name, tflite_latency_repeats=2)
     assert not refused.promoted
     assert "could not be loaded" in refused.decision and "NOT promoted" in refused.decision
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == broken.version
 
     forced = core.register(best, session_examples, manifest_dir, registered_model_name=name,
-                           force_promote=True, latency_repeats=2)
+                           force_promote=True, tflite_latency_repeats=2)
     assert forced.promoted and forced.model_version == refused.model_version
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == forced.model_version
 
@@ -201,8 +201,8 @@ def test_registry_permission_denied_names_the_action_and_model(tmp_path, monkeyp
                                                                session_examples, manifest_dir):
     import mlflow
 
-    from components.register import core
-    from components.register.registry import RegistryPermissionError
+    from tlpipe.components.register import core
+    from tlpipe.components.register.registry import RegistryPermissionError
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _DenyingMlflow)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -224,7 +224,7 @@ def test_registry_permission_denied_names_the_action_and_model(tmp_path, monkeyp
 def test_models_cli_reports_unreachable_mlflow_after_retries(monkeypatch, capsys):
     import socket
 
-    from pipelines.cli import main
+    from tlpipe.cli.main import main
 
     with socket.socket() as sock:  # a port nothing listens on
         sock.bind(("127.0.0.1", 0))

@@ -6,13 +6,16 @@ import argparse
 import json
 import sys
 
-DEFAULT_NAME = "fish-classifier"
+from tlpipe.components.register.params import RegisterParams
+
+DEFAULT_NAME = RegisterParams.registered_model_name
+NAME_HELP = f"registered model name (the pipeline's default: {DEFAULT_NAME})"
 
 
 def _client():
     from mlflow.tracking import MlflowClient
 
-    from components.common import mlflow_utils
+    from tlpipe.components.common import mlflow_utils
 
     mlflow_utils.connect(attempts=3)
     return MlflowClient()
@@ -27,7 +30,7 @@ def _aliases_by_version(model) -> dict[str, list[str]]:
 
 def _version_info(client, name: str, ref: str) -> dict:
     """A version (number or @alias) as a plain dict."""
-    from components.register import registry
+    from tlpipe.components.register import registry
 
     with registry.registry_errors("read the model version", name):
         mv = (client.get_model_version_by_alias(name, ref[1:]) if ref.startswith("@")
@@ -40,7 +43,7 @@ def _version_info(client, name: str, ref: str) -> dict:
 
 def list_models(args: argparse.Namespace) -> int:
     """Registered models (no name) or the versions of one model, newest first."""
-    from components.common.log import get_logger
+    from tlpipe.components.common.log import get_logger
 
     client = _client()
     if not args.name:
@@ -75,7 +78,7 @@ def show(args: argparse.Namespace) -> int:
 
 def promote(args: argparse.Namespace) -> int:
     """Point `champion` at a version by hand (recorded in the champion history, so rollback undoes it)."""
-    from components.register import registry
+    from tlpipe.components.register import registry
 
     previous = registry.move_champion(_client(), args.name, args.version)
     print(f"{args.name}: champion {('v' + previous) if previous else '(none)'} -> v{args.version}")
@@ -84,7 +87,7 @@ def promote(args: argparse.Namespace) -> int:
 
 def rollback(args: argparse.Namespace) -> int:
     """Move `champion` back to the version that held it before."""
-    from components.register import registry
+    from tlpipe.components.register import registry
 
     current, target = registry.rollback(_client(), args.name)
     print(f"{args.name}: champion v{current} -> v{target} (rolled back)")
@@ -96,8 +99,8 @@ def _guarded(handler):
     def run(args: argparse.Namespace) -> int:
         from mlflow.exceptions import MlflowException
 
-        from components.common.mlflow_utils import MlflowUnreachableError
-        from components.register.registry import RegistryError, RegistryPermissionError
+        from tlpipe.components.common.mlflow_utils import MlflowUnreachableError
+        from tlpipe.components.register.registry import RegistryError, RegistryPermissionError
 
         try:
             return handler(args)
@@ -114,20 +117,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     models = parser.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     p = models.add_parser("list", help="registered models, or the versions of one model with aliases and scores")
-    p.add_argument("name", nargs="?", help="registered model name (omit to list all models)")
+    p.add_argument("name", nargs="?", help=f"{NAME_HELP}; omit to list all models")
     p.set_defaults(func=_guarded(list_models))
 
     p = models.add_parser("show", help="one version in full: aliases, run, tags, gate decision")
-    p.add_argument("name", help="registered model name")
+    p.add_argument("name", help=NAME_HELP)
     p.add_argument("version", nargs="?", default="@champion", help="version number or @alias (default @champion)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_guarded(show))
 
     p = models.add_parser("promote", help="make a version the champion (the previous one is remembered)")
-    p.add_argument("name", help="registered model name")
+    p.add_argument("name", help=NAME_HELP)
     p.add_argument("version", help="version number to promote")
     p.set_defaults(func=_guarded(promote))
 
     p = models.add_parser("rollback", help="give the champion alias back to the previous champion")
-    p.add_argument("name", help="registered model name")
+    p.add_argument("name", help=NAME_HELP)
     p.set_defaults(func=_guarded(rollback))

@@ -1,18 +1,22 @@
-"""Scoring one classifier on a labelled test set: quality metrics, calibration, bootstrap, CPU latency."""
+"""Scoring one classifier on a labelled test set: quality metrics, calibration, bootstrap, CPU latency.
+
+Shared by evaluate (which compares the candidates) and register (which re-scores the new model and the
+champion on the same test split). Light to import: numpy, scikit-learn and TensorFlow are imported where they
+are used, so that evaluate's params.py can take the metric names from here.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
-from components.common.log import get_logger
-
-log = get_logger("evaluate")
-
-# Metric name -> True when higher is better. `selection_metric` must be one of these.
+# The scalar metrics of every scored model, in report order: name -> True when higher is better.
+# Evaluate's `selection_metric` and register's gate use one of these.
 METRIC_DIRECTIONS = {
     "accuracy": True,
     "top_k_accuracy": True,
@@ -22,11 +26,15 @@ METRIC_DIRECTIONS = {
     "log_loss": False,
     "ece": False,
 }
+DEFAULT_METRIC = "accuracy"  # evaluate's default selection_metric; register's for a model without evaluation.json
+DEFAULT_TOP_K = 3
 
 
 def load_test_arrays(examples_dir: str | Path, split: str = "test") -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The whole `split` of an `examples` artifact as (uint8 images [N,S,S,3], int labels [N], class names)."""
-    from components.common.examples import load_split, read_schema
+    import numpy as np
+
+    from tlpipe.components.common.examples import load_split, read_schema
 
     classes = list(read_schema(examples_dir)["classes"])
     images, labels = [], []
@@ -51,12 +59,16 @@ def compiled_predictor(model) -> Callable[[np.ndarray], np.ndarray]:
 
 def predict_proba(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Class probabilities for all `images`, in batches."""
+    import numpy as np
+
     out = [predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float64)
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
     """ECE: |accuracy - confidence| per confidence bin, weighted by the bin's share of examples."""
+    import numpy as np
+
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
@@ -70,12 +82,16 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Share of images whose true class is among the `k` highest scores."""
+    import numpy as np
+
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
-def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], top_k: int = 3) -> dict:
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str],
+                           top_k: int = DEFAULT_TOP_K) -> dict:
     """Accuracy, top-k accuracy, macro and per-class precision/recall/F1, log loss, ECE, confusion matrix."""
+    import numpy as np
     from sklearn import metrics as skm
 
     n = len(classes)
@@ -115,6 +131,8 @@ def most_confused_pairs(confusion: list[list[int]], classes: list[str], limit: i
 def bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, resamples: int = 2000,
                          seed: int = 0) -> tuple[float, float, float]:
     """Accuracy difference a - b on the same examples and its paired bootstrap 95 % interval."""
+    import numpy as np
+
     correct_a = np.asarray(correct_a, dtype=np.float64)
     correct_b = np.asarray(correct_b, dtype=np.float64)
     rng = np.random.default_rng(seed)
@@ -127,6 +145,8 @@ def bootstrap_difference(correct_a: np.ndarray, correct_b: np.ndarray, resamples
 def measure_latency(predict: Callable[[np.ndarray], np.ndarray], sample: np.ndarray, batch_size: int,
                     repeats: int = 30, warmup: int = 3) -> dict:
     """Median and p90 wall time of `predict` on one batch, in ms per batch and per image."""
+    import numpy as np
+
     batch = np.resize(sample, (batch_size, *sample.shape[1:])).astype(np.float32)
     for _ in range(warmup):
         predict(batch)
