@@ -43,7 +43,8 @@ def lifecycle(stack, tmp_path_factory, model_factory, trained, session_examples,
     for step, key, min_improvement in steps:
         results[step] = core.register(dirs[key], session_examples, manifest_dir, registered_model_name=name,
                                       min_improvement=min_improvement, kfp_run_id=f"run-{name}",
-                                      metadata={"backbone": "tiny", "image_size": 32}, tflite_latency_repeats=5)
+                                      metadata={"backbone": "tiny", "image_size": 32},
+                                      tflite_latency_repeats=5)
     return name, results
 
 
@@ -169,7 +170,8 @@ def test_unloadable_champion_blocks_promotion_unless_forced(stack, tmp_path, mod
     client.set_registered_model_alias(name, registry.CHAMPION, broken.version)
     best = best_model_dir(tmp_path, model_factory, trained[0], "good", session_examples)
 
-    refused = core.register(best, session_examples, manifest_dir, registered_model_name=name, tflite_latency_repeats=2)
+    refused = core.register(best, session_examples, manifest_dir, registered_model_name=name,
+                            tflite_latency_repeats=2)
     assert not refused.promoted
     assert "could not be loaded" in refused.decision and "NOT promoted" in refused.decision
     assert client.get_model_version_by_alias(name, registry.CHAMPION).version == broken.version
