@@ -54,9 +54,9 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str,
     `split_salt` gives another such split (test accuracy swings by ~0.07 between them here). Images go
     through preprocess's `images.process` (squash to image_size, JPEG quality 95).
     """
-    from components.common import examples
-    from components.ingest.split import split_groups
-    from components.preprocess.images import process
+    from tlpipe.components.common import examples
+    from tlpipe.components.ingest.split import split_groups
+    from tlpipe.components.preprocess.images import process
 
     classes = sorted(p.name for p in src.iterdir() if p.is_dir())
     frames: dict[str, list[tuple[int, Path]]] = defaultdict(list)
@@ -84,11 +84,10 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str,
 
 
 def test_accuracy(model_dir: Path, examples_dir: Path) -> float:
-    import keras
+    from tlpipe.components.common import model_artifact
+    from tlpipe.components.train import data
 
-    from components.train import data
-
-    model = keras.saving.load_model(model_dir / "model.keras")
+    model = model_artifact.load_model(model_dir)
     labels, preds = [], []
     for x, y in data.batches(data.image_dataset(examples_dir, "test"), 64):
         preds.append(np.argmax(model.predict_on_batch(x), axis=1))
@@ -98,10 +97,11 @@ def test_accuracy(model_dir: Path, examples_dir: Path) -> float:
 
 def latency_ms(model_dir: Path, image_size: int, repeats: int) -> dict:
     """Median single-image latency: model.predict and a compiled tf.function."""
-    import keras
     import tensorflow as tf
 
-    model = keras.saving.load_model(model_dir / "model.keras")
+    from tlpipe.components.common import model_artifact
+
+    model = model_artifact.load_model(model_dir)
     x = np.random.default_rng(0).uniform(0, 255, (1, image_size, image_size, 3)).astype("float32")
 
     @tf.function
@@ -121,21 +121,22 @@ def latency_ms(model_dir: Path, image_size: int, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from components.train import core
+    from tlpipe.components.train import core
+    from tlpipe.components.train.params import MONITORS, TrainParams
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=160)
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds (42, 43, ...) to average")
-    parser.add_argument("--epochs", type=int, default=10, help="frozen and scratch epochs")
-    parser.add_argument("--finetune-epochs", type=int, default=10)
-    parser.add_argument("--unfreeze-layers", type=int, default=50)
-    parser.add_argument("--finetune-learning-rate", type=float, default=1e-5)
+    parser.add_argument("--epochs", type=int, default=TrainParams.epochs, help="frozen and scratch epochs")
+    parser.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs)
+    parser.add_argument("--unfreeze-layers", type=int, default=TrainParams.unfreeze_layers)
+    parser.add_argument("--finetune-learning-rate", type=float, default=TrainParams.finetune_learning_rate)
     parser.add_argument("--feature-cache", default="on", help="frozen stage in the accuracy runs")
     parser.add_argument("--finetune-augment", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--monitor", default="val_loss", choices=core.MONITORS,
+    parser.add_argument("--patience", type=int, default=TrainParams.early_stopping_patience)
+    parser.add_argument("--monitor", default=TrainParams.early_stopping_monitor, choices=MONITORS,
                         help="early_stopping_monitor of every stage")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
     parser.add_argument("--max-per-video", type=int, default=None, help="subsample frames (smaller, faster)")
     parser.add_argument("--skip-scratch", action="store_true")
     parser.add_argument("--latency-repeats", type=int, default=50)
@@ -156,14 +157,15 @@ def main(argv: list[str] | None = None) -> None:
             ex = write_fish_examples(FISH_DIR, out / "examples", args.image_size, max_per_video=args.max_per_video,
                                      split_salt=str(seed))
             splits[seed] = json.loads((ex / "schema.json").read_text())["num_examples"]
-            frozen = core.train_frozen(ex, out / "frozen", core.TrainParams(
+            frozen = core.train_frozen(ex, out / "frozen", TrainParams(
                 **base, seed=seed, epochs=args.epochs, weights=str(WEIGHTS), feature_cache=args.feature_cache),
                 track=False)
-            results = [frozen, core.finetune(ex, out / "frozen", out / "finetune", core.TrainParams(
-                **base, seed=seed, epochs=args.finetune_epochs, learning_rate=args.finetune_learning_rate,
-                unfreeze_layers=args.unfreeze_layers, augment=args.finetune_augment), track=False)]
+            results = [frozen, core.finetune(ex, out / "frozen", out / "finetune", TrainParams(
+                **base, seed=seed, finetune_epochs=args.finetune_epochs,
+                finetune_learning_rate=args.finetune_learning_rate, unfreeze_layers=args.unfreeze_layers,
+                augment=args.finetune_augment), track=False)]
             if not args.skip_scratch:
-                results.append(core.train_scratch(ex, out / "scratch", core.TrainParams(
+                results.append(core.train_scratch(ex, out / "scratch", TrainParams(
                     **base, seed=seed, epochs=args.epochs), track=False))
             for result in results:
                 runs[result.stage].append({"seed": seed, "seconds": result.seconds, "val": result.val_accuracy,
@@ -184,16 +186,16 @@ def main(argv: list[str] | None = None) -> None:
         ex = work / "seed42" / "examples"
         speed = []
         for cache in ("off", "on", "augmented:4"):
-            result = core.train_frozen(ex, work / f"cache-{cache.replace(':', '-')}", core.TrainParams(
+            result = core.train_frozen(ex, work / f"cache-{cache.replace(':', '-')}", TrainParams(
                 **{**base, "early_stopping_patience": 0}, seed=42, epochs=args.epochs, weights=str(WEIGHTS),
                 feature_cache=cache), track=False)
             epochs = json_history(Path(result.out_dir))
             ips = [e["images_per_second"] for e in epochs]
             speed.append({"run": f"frozen feature_cache={cache}", "wall_s": result.seconds,
                           "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": result.val_accuracy})
-        ft = core.finetune(ex, work / "cache-off", work / "ft-speed", core.TrainParams(
-            **{**base, "early_stopping_patience": 0}, seed=42, epochs=max(2, args.finetune_epochs // 2),
-            learning_rate=args.finetune_learning_rate, unfreeze_layers=args.unfreeze_layers), track=False)
+        ft = core.finetune(ex, work / "cache-off", work / "ft-speed", TrainParams(
+            **{**base, "early_stopping_patience": 0}, seed=42, finetune_epochs=max(2, args.finetune_epochs // 2),
+            finetune_learning_rate=args.finetune_learning_rate, unfreeze_layers=args.unfreeze_layers), track=False)
         ips = [e["images_per_second"] for e in json_history(Path(ft.out_dir))[1:]] or [0.0]
         speed.append({"run": f"finetune last {args.unfreeze_layers} layers (epochs after the first)",
                       "wall_s": ft.seconds, "img_s_min": min(ips), "img_s_max": max(ips), "val_acc": ft.val_accuracy})
@@ -208,7 +210,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def json_history(model_dir: Path) -> list[dict]:
-    return json.loads((model_dir / "history.json").read_text())["epochs"]
+    from tlpipe.components.common import model_artifact
+
+    return model_artifact.read_history(model_dir)["epochs"]
 
 
 if __name__ == "__main__":

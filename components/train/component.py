@@ -1,9 +1,10 @@
-"""KFP adapters of the training stages: map artifacts and parameters onto components.train.core.
+"""KFP adapters of the training stages: map artifacts and parameters onto tlpipe.components.train.core.
 
 Plain functions; the pipeline wraps them with dsl.component(fn, base_image=..., install_kfp_package=False)
-and sets CPU/memory/GPU requests on the tasks. Each returns the final val accuracy. Where the output
-artifact lives in S3 (an s3:// pipeline root), the per-epoch checkpoint is mirrored to
-`<model uri>/checkpoint`, so a retried (preempted) pod resumes after its last finished epoch.
+and sets CPU/memory/GPU requests on the tasks. The defaults are literals (KFP embeds each function's source);
+a test checks them against params.py. Where the output artifact lives in S3 (an s3:// pipeline root), the
+per-epoch checkpoint is mirrored to `<model uri>/checkpoint`, so a retried (preempted) pod resumes after its
+last finished epoch.
 """
 
 from kfp.dsl import Dataset, Input, Model, Output
@@ -16,35 +17,89 @@ def train_frozen_op(examples: Input[Dataset], model: Output[Model], backbone: st
                     use_class_weights: bool = False, seed: int = 42,
                     experiment: str = "fish-classification", kfp_run_id: str = "local",
                     dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> float:  # noqa: B006 - KFP defaults
-    """Frozen pretrained backbone + new head; `weights` = imagenet | path | s3:// URI (.weights.h5 or .keras)."""
-    from components.train import core
+    """Train a new classification head on a frozen pretrained backbone.
 
-    params = core.TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
-                              early_stopping_patience=early_stopping_patience,
-                              early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
-                              seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha,
-                              weights=weights, dense_units=tuple(int(u) for u in dense_units),
-                              dropouts=tuple(float(d) for d in dropouts))
+    The backbone runs in inference mode; the head is GAP -> Dense -> Dropout (per dense_units/dropouts) ->
+    softmax. Writes the `model` artifact (docs/DESIGN.md §4) and logs a nested MLflow run.
+
+    Args:
+        examples: the `examples` artifact (TFRecord shards and schema.json) to train and validate on.
+        model: the output `model` artifact: model.keras, class_indices.json, history.json, curves.png.
+        backbone: the keras.applications backbone: MobileNetV2, ResNet50 or EfficientNetB0.
+        alpha: MobileNetV2 width multiplier (1.0 for the other backbones).
+        weights: imagenet, a local path or an s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras.
+        batch_size: images per training batch.
+        epochs: training epochs (at most, with early stopping).
+        learning_rate: Adam learning rate.
+        augment: random rotation, shift, flip, zoom and shear of the training images.
+        feature_cache: off, on (clean backbone features computed once) or augmented:K (K augmented views).
+        early_stopping_patience: epochs without a gain of the monitored val metric before stopping; 0: off.
+        early_stopping_monitor: val_loss or val_accuracy: the val metric that picks the best epoch.
+        use_class_weights: weight the loss by inverse class frequency.
+        seed: seed of weights initialisation, dropout, augmentation and shuffling.
+        experiment: MLflow experiment of the pipeline's parent run.
+        kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
+        dense_units: units of the head's Dense layers.
+        dropouts: dropout rate after each Dense layer (one per entry of dense_units).
+
+    Returns:
+        The final val accuracy of the best epoch's weights.
+    """
+    from tlpipe.components.train import core
+    from tlpipe.components.train.checkpoint import checkpoint_uri_for
+    from tlpipe.components.train.params import TrainParams
+
+    params = TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
+                         early_stopping_patience=early_stopping_patience,
+                         early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
+                         seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha, weights=weights,
+                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
     result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
-                               checkpoint_uri=core.checkpoint_uri_for(model.uri))
+                               checkpoint_uri=checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
 
 def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Output[Model], batch_size: int = 32,
-                epochs: int = 10, unfreeze_layers: int = 50, finetune_learning_rate: float = 1e-5,
+                finetune_epochs: int = 10, unfreeze_layers: int = 50, finetune_learning_rate: float = 1e-5,
                 augment: bool = True, early_stopping_patience: int = 3, early_stopping_monitor: str = "val_loss",
                 use_class_weights: bool = False, seed: int = 42, experiment: str = "fish-classification",
                 kfp_run_id: str = "local") -> float:
-    """Unfreeze the last `unfreeze_layers` non-BatchNorm backbone layers of the frozen-stage model and continue."""
-    from components.train import core
+    """Fine-tune the frozen-stage model: unfreeze the backbone's last layers and continue at a low rate.
 
-    params = core.TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=finetune_learning_rate,
-                              augment=augment, early_stopping_patience=early_stopping_patience,
-                              early_stopping_monitor=early_stopping_monitor,
-                              use_class_weights=use_class_weights, seed=seed, unfreeze_layers=unfreeze_layers)
+    BatchNormalization layers stay frozen. The model it starts from is an early-stopping candidate like any
+    epoch, so the result is never worse on val than the frozen-stage model.
+
+    Args:
+        examples: the `examples` artifact the frozen stage trained on (the same classes).
+        frozen_model: the `model` artifact of train_frozen to start from.
+        model: the output `model` artifact.
+        batch_size: images per training batch.
+        finetune_epochs: fine-tuning epochs (at most, with early stopping).
+        unfreeze_layers: how many of the last non-BatchNorm backbone layers become trainable.
+        finetune_learning_rate: Adam learning rate of the fine-tuning.
+        augment: random rotation, shift, flip, zoom and shear of the training images.
+        early_stopping_patience: epochs without a gain of the monitored val metric before stopping; 0: off.
+        early_stopping_monitor: val_loss or val_accuracy: the val metric that picks the best epoch.
+        use_class_weights: weight the loss by inverse class frequency.
+        seed: seed of dropout, augmentation and shuffling.
+        experiment: MLflow experiment of the pipeline's parent run.
+        kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
+
+    Returns:
+        The final val accuracy of the kept weights.
+    """
+    from tlpipe.components.train import core
+    from tlpipe.components.train.checkpoint import checkpoint_uri_for
+    from tlpipe.components.train.params import TrainParams
+
+    params = TrainParams(batch_size=batch_size, finetune_epochs=finetune_epochs,
+                         finetune_learning_rate=finetune_learning_rate, augment=augment,
+                         early_stopping_patience=early_stopping_patience,
+                         early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
+                         seed=seed, unfreeze_layers=unfreeze_layers)
     result = core.finetune(examples.path, frozen_model.path, model.path, params, experiment=experiment,
-                           kfp_run_id=kfp_run_id, checkpoint_uri=core.checkpoint_uri_for(model.uri))
+                           kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
@@ -55,16 +110,41 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
                      early_stopping_monitor: str = "val_loss", use_class_weights: bool = False,
                      seed: int = 42, experiment: str = "fish-classification", kfp_run_id: str = "local",
                      dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> float:  # noqa: B006 - KFP defaults
-    """The same architecture from random weights (the transfer-learning baseline)."""
-    from components.train import core
+    """Train the same architecture from random weights: the baseline transfer learning must beat.
 
-    params = core.TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
-                              early_stopping_patience=early_stopping_patience,
-                              early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
-                              seed=seed, backbone=backbone, alpha=alpha, weights=None,
-                              dense_units=tuple(int(u) for u in dense_units),
-                              dropouts=tuple(float(d) for d in dropouts))
+    Same data, head and epoch budget as the frozen stage, with `weights=None`.
+
+    Args:
+        examples: the `examples` artifact (TFRecord shards and schema.json) to train and validate on.
+        model: the output `model` artifact.
+        backbone: the keras.applications architecture: MobileNetV2, ResNet50 or EfficientNetB0.
+        alpha: MobileNetV2 width multiplier (1.0 for the other backbones).
+        batch_size: images per training batch.
+        epochs: training epochs (at most, with early stopping).
+        learning_rate: Adam learning rate.
+        augment: random rotation, shift, flip, zoom and shear of the training images.
+        early_stopping_patience: epochs without a gain of the monitored val metric before stopping; 0: off.
+        early_stopping_monitor: val_loss or val_accuracy: the val metric that picks the best epoch.
+        use_class_weights: weight the loss by inverse class frequency.
+        seed: seed of weights initialisation, dropout, augmentation and shuffling.
+        experiment: MLflow experiment of the pipeline's parent run.
+        kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
+        dense_units: units of the head's Dense layers.
+        dropouts: dropout rate after each Dense layer (one per entry of dense_units).
+
+    Returns:
+        The final val accuracy of the best epoch's weights.
+    """
+    from tlpipe.components.train import core
+    from tlpipe.components.train.checkpoint import checkpoint_uri_for
+    from tlpipe.components.train.params import TrainParams
+
+    params = TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
+                         early_stopping_patience=early_stopping_patience,
+                         early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
+                         seed=seed, backbone=backbone, alpha=alpha, weights=None,
+                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
     result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
-                                checkpoint_uri=core.checkpoint_uri_for(model.uri))
+                                checkpoint_uri=checkpoint_uri_for(model.uri))
     model.metadata.update(result.metadata)
     return result.val_accuracy

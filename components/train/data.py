@@ -11,7 +11,7 @@ from collections import Counter
 
 import numpy as np
 
-from components.common import examples
+from tlpipe.components.common import examples
 
 MEMORY_CACHE_LIMIT_BYTES = 2 << 30  # decoded split kept in RAM when smaller than this
 

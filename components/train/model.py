@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from components.common import s3 as s3lib
-from components.common.log import get_logger
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.hashing import sha256_file
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.train.params import BACKBONES, TrainParams
 
 log = get_logger("train.model")
 
-BACKBONES = ("MobileNetV2", "ResNet50", "EfficientNetB0")
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils "caffe" mode, BGR order
 WEIGHTS_CACHE_ENV = "TLPIPE_WEIGHTS_CACHE"
 
@@ -32,14 +33,6 @@ class WeightsError(ValueError):
 def weights_cache_dir() -> Path:
     """Where downloaded weights are kept: $TLPIPE_WEIGHTS_CACHE or ~/.cache/tlpipe/weights."""
     return Path(os.environ.get(WEIGHTS_CACHE_ENV) or Path.home() / ".cache" / "tlpipe" / "weights")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_weights(weights: str | None, sha256: str | None = None) -> str | None:
@@ -102,7 +95,7 @@ def normalization_layer(backbone: str):
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
-def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: float = 1.0):
+def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: float = TrainParams.alpha):
     """A `keras.applications` backbone without top; `weights` = 'imagenet' | weights file | None."""
     import keras
 
@@ -137,12 +130,12 @@ def saved_backbone(path: str, image_size: int):
 def build_classifier(
     num_classes: int,
     image_size: int,
-    backbone: str = "MobileNetV2",
-    weights: str | None = "imagenet",
-    alpha: float = 1.0,
-    dense_units: tuple[int, ...] = (512, 256),
-    dropouts: tuple[float, ...] = (0.5, 0.3),
-    seed: int = 42,
+    backbone: str = TrainParams.backbone,
+    weights: str | None = TrainParams.weights,
+    alpha: float = TrainParams.alpha,
+    dense_units: tuple[int, ...] = TrainParams.dense_units,
+    dropouts: tuple[float, ...] = TrainParams.dropouts,
+    seed: int = TrainParams.seed,
 ):
     """The full image -> class probabilities model, backbone frozen.
 
@@ -172,7 +165,8 @@ def build_classifier(
     return keras.Model(inputs, head(features), name="classifier")
 
 
-def build_head(feature_dim: int, num_classes: int, dense_units=(512, 256), dropouts=(0.5, 0.3), seed: int = 42):
+def build_head(feature_dim: int, num_classes: int, dense_units=TrainParams.dense_units,
+               dropouts=TrainParams.dropouts, seed: int = TrainParams.seed):
     """Pooled features -> Dense/Dropout blocks -> softmax; all randomness seeded."""
     import keras
 

@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, synthetic_examples, tiny_backbone):
     from kfp import dsl
 
-    from components.train.component import finetune_op, train_frozen_op
+    from tlpipe.components.train.component import finetune_op, train_frozen_op
 
     frozen_component = dsl.component(train_frozen_op, install_kfp_package=False)
     finetune_component = dsl.component(finetune_op, install_kfp_package=False)
@@ -24,7 +24,7 @@ def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, s
                                   augment=False, feature_cache="on", kfp_run_id="kfp-local-1",
                                   dense_units=[32, 16], learning_rate=3e-3)
         finetune_component(examples=examples.output, frozen_model=frozen.outputs["model"], batch_size=8,
-                                   epochs=2, unfreeze_layers=2, kfp_run_id="kfp-local-1")
+                           finetune_epochs=2, unfreeze_layers=2, kfp_run_id="kfp-local-1")
 
     pipeline()
 

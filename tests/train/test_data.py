@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.train import data
+from tlpipe.components.train import data
 
 
 def test_labels_and_balanced_class_weights(synthetic_examples):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from minio.error import S3Error
 
-from components.common import s3 as s3lib
-from components.train import model as modellib
+from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.train import model as modellib
 
 
 @pytest.mark.parametrize("backbone, family", [("MobileNetV2", "mobilenet_v2"), ("ResNet50", "resnet50")])

@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from minio.error import S3Error
 
-from components.train import core
-from components.train.model import build_head
+from tlpipe.components.train import core
+from tlpipe.components.train.model import build_head
+from tlpipe.components.train.params import MONITORS, TrainParams
 
 FRESH_LOAD = """
 import sys, numpy as np, keras
-from components.common import examples
+from tlpipe.components.common import examples
 model = keras.saving.load_model(sys.argv[1])
 x, y = [], []
 for image, label in examples.load_split(sys.argv[2], "val").as_numpy_iterator():
@@ -29,10 +30,10 @@ print("ACCURACY", float(np.mean(probs.argmax(1) == np.array(y))), probs.shape)
 """
 
 
-def small(**overrides) -> core.TrainParams:
+def small(**overrides) -> TrainParams:
     params = dict(batch_size=8, epochs=6, learning_rate=3e-3, augment=False, early_stopping_patience=0,
                   dense_units=(32, 16), dropouts=(0.2, 0.1))
-    return core.TrainParams(**{**params, **overrides})
+    return TrainParams(**{**params, **overrides})
 
 
 def test_frozen_head_learns_and_saved_model_loads_in_a_fresh_process(synthetic_examples, tiny_backbone, tmp_path):
@@ -88,7 +89,7 @@ def test_feature_cache_on_trains_the_same_head_as_end_to_end(synthetic_examples,
     assert r_off.val_accuracy == pytest.approx(r_on.val_accuracy, abs=1e-6)
 
 
-@pytest.mark.parametrize("monitor", core.MONITORS)
+@pytest.mark.parametrize("monitor", MONITORS)
 def test_early_stopping_restores_the_best_epoch(monitor, synthetic_examples, tiny_backbone, tmp_path):
     result = core.train_frozen(synthetic_examples, tmp_path / "m", small(
         weights=str(tiny_backbone), feature_cache="on", epochs=60, learning_rate=1e-2, early_stopping_patience=2,
@@ -105,7 +106,7 @@ def test_finetune_keeps_the_frozen_model_when_no_epoch_beats_it(synthetic_exampl
     frozen = core.train_frozen(synthetic_examples, tmp_path / "frozen", small(
         weights=str(tiny_backbone), feature_cache="on", epochs=8), track=False)
     wrecked = core.finetune(synthetic_examples, tmp_path / "frozen", tmp_path / "ft", small(
-        learning_rate=5.0, epochs=2, unfreeze_layers=2), track=False)  # a step size that ruins every epoch
+        finetune_learning_rate=5.0, finetune_epochs=2, unfreeze_layers=2), track=False)  # a step size that ruins every epoch
     history = json.loads((tmp_path / "ft" / "history.json").read_text())
     assert history["start"]["val_accuracy"] == pytest.approx(frozen.val_accuracy, abs=1e-6)
     assert all(e["val_loss"] > history["start"]["val_loss"] for e in history["epochs"])
@@ -139,15 +140,15 @@ def test_resume_after_kill_ends_with_complete_history(stack, s3_client, bucket, 
 
     from mlflow.tracking import MlflowClient
 
-    from components.common import s3 as s3lib
-    from pipelines.cli import main
+    from tlpipe.cli.main import main
+    from tlpipe.components.common import s3 as s3lib
 
     out = tmp_path / "model"
     mirror = f"s3://{bucket}/run-1/model/checkpoint"
     argv = ["train", "frozen", "--examples", str(synthetic_examples), "--out", str(out), "--weights",
             str(tiny_backbone), "--epochs", "40", "--batch-size", "4", "--no-augment", "--early-stopping-patience",
             "0", "--dense-units", "32", "16", "--kfp-run-id", "resume-test", "--checkpoint-uri", mirror]
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "tlpipe.cli.main", *argv], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
     def mirrored_epoch() -> int:
         try:
@@ -183,9 +184,9 @@ def test_resume_after_kill_ends_with_complete_history(stack, s3_client, bucket, 
 def test_frozen_imagenet_beats_scratch_on_real_fish(fish_examples, fish_weights, tmp_path):
     """Real photos split by video: ImageNet features beat training from scratch with the same budget."""
     budget = dict(batch_size=32, epochs=6, early_stopping_patience=0, alpha=0.35, augment=False, seed=42)
-    frozen = core.train_frozen(fish_examples, tmp_path / "frozen", core.TrainParams(
+    frozen = core.train_frozen(fish_examples, tmp_path / "frozen", TrainParams(
         **budget, weights=str(fish_weights), feature_cache="on"), track=False)
-    scratch = core.train_scratch(fish_examples, tmp_path / "scratch", core.TrainParams(**budget), track=False)
+    scratch = core.train_scratch(fish_examples, tmp_path / "scratch", TrainParams(**budget), track=False)
     counts = json.loads((Path(fish_examples) / "schema.json").read_text())["num_examples"]
     print(f"fish {counts}: frozen val {frozen.val_accuracy:.3f} ({frozen.seconds:.0f}s), "
           f"scratch val {scratch.val_accuracy:.3f} ({scratch.seconds:.0f}s)")

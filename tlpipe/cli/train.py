@@ -5,48 +5,58 @@ from __future__ import annotations
 import argparse
 import json
 
+from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
+from tlpipe.components.train.params import BACKBONES, MONITORS, TrainParams
 
-def _common(parser: argparse.ArgumentParser, learning_rate: float) -> None:
+
+def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", required=True, help="`examples` artifact folder (schema.json + TFRecords)")
     parser.add_argument("--out", required=True, help="output `model` folder (a checkpoint there is resumed)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
-    parser.add_argument("--early-stopping-patience", type=int, default=3, help="epochs without a val gain; 0: off")
-    parser.add_argument("--early-stopping-monitor", default="val_loss", choices=["val_loss", "val_accuracy"],
+    parser.add_argument("--early-stopping-patience", type=int, default=TrainParams.early_stopping_patience,
+                        help="epochs without a val gain; 0: off")
+    parser.add_argument("--early-stopping-monitor", default=TrainParams.early_stopping_monitor, choices=MONITORS,
                         help="the val metric that picks the best epoch")
     parser.add_argument("--class-weights", dest="use_class_weights", action="store_true",
                         help="weight the loss by inverse class frequency")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--seed", type=int, default=TrainParams.seed)
     parser.add_argument("--no-mlflow", dest="track", action="store_false",
                         help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
-    parser.add_argument("--experiment", default="fish-classification")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
     parser.add_argument("--kfp-run-id", default="local", help="pipeline run whose parent MLflow run to nest under")
     parser.add_argument("--checkpoint-uri", default=None,
                         help="s3:// prefix mirroring the per-epoch checkpoint (resume on another machine)")
 
 
+def _epochs(parser: argparse.ArgumentParser) -> None:
+    """--epochs and --learning-rate of the frozen and scratch stages."""
+    parser.add_argument("--epochs", type=int, default=TrainParams.epochs)
+    parser.add_argument("--learning-rate", type=float, default=TrainParams.learning_rate)
+
+
 def _architecture(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default="MobileNetV2", choices=["MobileNetV2", "ResNet50", "EfficientNetB0"])
-    parser.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width multiplier")
-    parser.add_argument("--dense-units", type=int, nargs="+", default=[512, 256])
-    parser.add_argument("--dropouts", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--backbone", default=TrainParams.backbone, choices=BACKBONES)
+    parser.add_argument("--alpha", type=float, default=TrainParams.alpha, help="MobileNetV2 width multiplier")
+    parser.add_argument("--dense-units", type=int, nargs="+", default=list(TrainParams.dense_units))
+    parser.add_argument("--dropouts", type=float, nargs="+", default=list(TrainParams.dropouts))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from components.train import core
+    from tlpipe.components.train import core
 
-    params = core.TrainParams(
-        batch_size=args.batch_size, epochs=args.epochs, learning_rate=args.learning_rate, augment=args.augment,
-        early_stopping_patience=args.early_stopping_patience, early_stopping_monitor=args.early_stopping_monitor,
-        use_class_weights=args.use_class_weights, seed=args.seed)
-    kwargs = {"track": args.track, "experiment": args.experiment, "kfp_run_id": args.kfp_run_id,
-              "checkpoint_uri": args.checkpoint_uri}
+    params = TrainParams(
+        batch_size=args.batch_size, augment=args.augment, early_stopping_patience=args.early_stopping_patience,
+        early_stopping_monitor=args.early_stopping_monitor, use_class_weights=args.use_class_weights,
+        seed=args.seed)
+    kwargs = {"track": args.track, "experiment": args.experiment,
+              "kfp_run_id": args.kfp_run_id, "checkpoint_uri": args.checkpoint_uri}
     if args.stage == "finetune":
+        params.finetune_epochs, params.finetune_learning_rate = args.finetune_epochs, args.finetune_learning_rate
         params.unfreeze_layers = args.unfreeze_layers
         result = core.finetune(args.examples, args.frozen_model, args.out, params, **kwargs)
     else:
+        params.epochs, params.learning_rate = args.epochs, args.learning_rate
         params.backbone, params.alpha = args.backbone, args.alpha
         params.dense_units, params.dropouts = tuple(args.dense_units), tuple(args.dropouts)
         if args.stage == "frozen":
@@ -66,19 +76,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
     frozen = stages.add_parser("frozen", help="pretrained backbone frozen, new head trained")
-    _common(frozen, 1e-3)
+    _common(frozen)
+    _epochs(frozen)
     _architecture(frozen)
-    frozen.add_argument("--weights", default="imagenet",
+    frozen.add_argument("--weights", default=TrainParams.weights,
                         help="imagenet | local path | s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras")
-    frozen.add_argument("--feature-cache", default="off", help="off | on | augmented:K")
+    frozen.add_argument("--feature-cache", default=TrainParams.feature_cache, help="off | on | augmented:K")
 
     ft = stages.add_parser("finetune", help="unfreeze the last layers of a frozen-stage model and continue")
-    _common(ft, 1e-5)
+    _common(ft)
     ft.add_argument("--frozen-model", required=True, help="model folder written by `tlpipe train frozen`")
-    ft.add_argument("--unfreeze-layers", type=int, default=50)
+    ft.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs)
+    ft.add_argument("--finetune-learning-rate", type=float, default=TrainParams.finetune_learning_rate)
+    ft.add_argument("--unfreeze-layers", type=int, default=TrainParams.unfreeze_layers)
 
     scratch = stages.add_parser("scratch", help="the same architecture trained from random weights")
-    _common(scratch, 1e-3)
+    _common(scratch)
+    _epochs(scratch)
     _architecture(scratch)
     for p in (frozen, ft, scratch):
         p.set_defaults(func=_run)

@@ -1,0 +1,87 @@
+"""MLflow of a stage (docs/DESIGN.md, "MLflow layout"): its nested run, params, per-epoch metrics and results."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from tlpipe.components.common import model_artifact
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.train.params import TOP_K, TrainParams
+
+log = get_logger("train")
+
+EPOCH_METRICS = ("train_accuracy", "train_loss", "val_accuracy", "val_loss")
+
+
+@contextmanager
+def tracking(stage: str, state: dict, track: bool, experiment: str, kfp_run_id: str):
+    """The stage's MLflow run: the one a resumed checkpoint names, else a new nested run; None when off."""
+    if not track:
+        yield None
+        return
+    import mlflow
+
+    from tlpipe.components.common import mlflow_utils
+
+    mlflow_utils.connect()
+    if state.get("mlflow_run_id"):
+        with mlflow.start_run(run_id=state["mlflow_run_id"]) as run:
+            yield run
+    else:
+        with mlflow_utils.stage_run(stage, kfp_run_id=kfp_run_id, experiment=experiment) as run:
+            yield run
+
+
+def log_params(stage: str, p: TrainParams, backbone: str, num_classes: int, image_size: int,
+               num_train: int) -> None:
+    """The stage's params: `epochs` and `learning_rate` are the stage's own (finetune_* for finetune)."""
+    import mlflow
+
+    params = {"base_model": backbone, "pretrained_weights": _weights_label(p.weights, stage),
+              "num_classes": num_classes, "image_size": image_size, "batch_size": p.batch_size,
+              "epochs": p.stage_epochs(stage), "learning_rate": p.stage_learning_rate(stage), "augment": p.augment,
+              "seed": p.seed, "early_stopping_patience": p.early_stopping_patience,
+              "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights,
+              "num_train_examples": num_train, "top_k": min(TOP_K, num_classes - 1)}
+    if stage == "finetune":
+        params.update(unfreeze_layers=p.unfreeze_layers, finetune_learning_rate=p.finetune_learning_rate,
+                      frozen_model=p.extra["frozen_model"])
+    else:
+        params.update(alpha=p.alpha, dense_units=list(p.dense_units), dropouts=list(p.dropouts),
+                      feature_cache=p.feature_cache)
+    mlflow.log_params(params)
+
+
+def _weights_label(weights: str | None, stage: str) -> str:
+    if stage == "finetune":
+        return "frozen-stage model"
+    return str(weights) if weights else "none"
+
+
+def log_epoch(row: dict) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: row[k] for k in EPOCH_METRICS}, step=row["epoch"])
+
+
+def log_results(out_dir: Path, final: dict, extract_seconds: float | None, val_images) -> None:
+    """Final metrics, the artifact's JSON files and curves, and the saved model (with signature and example)."""
+    import keras
+    import mlflow
+    import mlflow.tensorflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    mlflow.log_metrics(final)
+    if extract_seconds:
+        mlflow.log_metric("feature_extraction_seconds", extract_seconds)
+    for name in (model_artifact.CLASS_INDICES_FILE, model_artifact.HISTORY_FILE, model_artifact.CURVES_FILE):
+        mlflow.log_artifact(str(Path(out_dir) / name))
+    example = next(iter(val_images.batch(1)))[0].numpy()
+    model = model_artifact.load_model(out_dir)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # the tensorflow flavour (it saves Keras 3 models as .keras); mlflow.keras 3.17 fails to write input examples
+    mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
+                                pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}"])
+    log.info("logged model and artifacts to MLflow run %s", mlflow.active_run().info.run_id)
