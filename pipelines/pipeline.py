@@ -1,4 +1,4 @@
-"""The KFP pipeline `transfer-learning-image-classifier` (DESIGN.md "Flow") and its compilation.
+"""The KFP pipeline `transfer-learning-image-classifier` (docs/DESIGN.md "Flow", §7).
 
 ingest -> preprocess -> train_frozen -> finetune (dsl.If run_finetune)
                      \\-> train_scratch (dsl.If run_scratch_baseline)  -> evaluate -> register
@@ -13,12 +13,18 @@ from typing import NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Metrics, Model, Output
 
+from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
 from tlpipe.components.evaluate.component import evaluate_op
+from tlpipe.components.evaluate.params import EvaluateParams
 from tlpipe.components.ingest.component import ingest_op, listing_fingerprint_op
+from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.preprocess.component import preprocess_op
+from tlpipe.components.preprocess.params import PreprocessParams
 from tlpipe.components.register.component import register_op
+from tlpipe.components.register.params import RegisterParams
 from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op
+from tlpipe.components.train.params import TrainParams
 from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
@@ -38,13 +44,16 @@ class PipelineOutputs(NamedTuple):
 
 
 def skip_stage_op(stage: str, reason: str, model: Output[Model]):
-    """Placeholder `model` of a stage switched off: `skipped.json`, no model.keras (evaluate lists it)."""
-    import json
-    import os
+    """Write the placeholder `model` of a stage switched off (evaluate lists it as skipped).
 
-    os.makedirs(model.path, exist_ok=True)
-    with open(os.path.join(model.path, "skipped.json"), "w") as fh:
-        json.dump({"stage": stage, "reason": reason}, fh)
+    Args:
+        stage: the stage that was switched off (finetune or scratch).
+        reason: why, as evaluate reports it.
+        model: the placeholder: skipped.json only, no model (docs/DESIGN.md §4).
+    """
+    from tlpipe.components.common import model_artifact
+
+    model_artifact.write_skipped(model.path, stage, reason)
     model.metadata.update({"stage": stage, "skipped": True})
 
 
@@ -87,48 +96,90 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         return task
 
-    @dsl.pipeline(name=PIPELINE_NAME,
-                  description="S3 images -> Spark preprocessing -> transfer learning (frozen, fine-tuned, "
-                              "scratch baseline) -> evaluation -> MLflow registry with a champion/challenger gate")
+    @dsl.pipeline(name=PIPELINE_NAME)
     def transfer_learning_image_classifier(
         data_uri: str = "s3://tlpipe/datasets/fish",
         num_classes: int = 9,
-        image_size: int = 224,
-        batch_size: int = 32,
-        epochs: int = 10,
-        learning_rate: float = 1e-3,
-        unfreeze_layers: int = 50,
-        finetune_epochs: int = 10,
-        finetune_learning_rate: float = 1e-5,
-        backbone: str = "MobileNetV2",
-        alpha: float = 1.0,
-        weights: str = "imagenet",
-        augment: bool = True,
-        feature_cache: str = "off",
-        early_stopping_patience: int = 3,
-        early_stopping_monitor: str = "val_loss",
-        use_class_weights: bool = False,
-        seed: int = 42,
-        group_pattern: str = "",
-        dedupe: str = "near",
-        resize_mode: str = "squash",
-        spark_backend: str = "local",
-        spark_options: dict = {},  # noqa: B006 - a KFP struct parameter default, never mutated
+        image_size: int = PreprocessParams.image_size,
+        batch_size: int = TrainParams.batch_size,
+        epochs: int = TrainParams.epochs,
+        learning_rate: float = TrainParams.learning_rate,
+        unfreeze_layers: int = TrainParams.unfreeze_layers,
+        finetune_epochs: int = TrainParams.finetune_epochs,
+        finetune_learning_rate: float = TrainParams.finetune_learning_rate,
+        backbone: str = TrainParams.backbone,
+        alpha: float = TrainParams.alpha,
+        weights: str = TrainParams.weights,
+        augment: bool = TrainParams.augment,
+        feature_cache: str = TrainParams.feature_cache,
+        early_stopping_patience: int = TrainParams.early_stopping_patience,
+        early_stopping_monitor: str = TrainParams.early_stopping_monitor,
+        use_class_weights: bool = TrainParams.use_class_weights,
+        seed: int = TrainParams.seed,
+        group_pattern: str = IngestParams.group_pattern,
+        dedupe: str = IngestParams.dedupe,
+        resize_mode: str = PreprocessParams.resize_mode,
+        spark_backend: str = PreprocessParams.spark_backend,
+        spark_options: dict = {},  # noqa: B006 - a KFP struct parameter default (PreprocessParams'), never mutated
         run_finetune: bool = True,
         run_scratch_baseline: bool = True,
-        selection_metric: str = "accuracy",
-        top_k: int = 3,
-        registered_model_name: str = "fish-classifier",
-        min_improvement: float = 0.0,
-        experiment: str = "fish-classification",
+        selection_metric: str = EvaluateParams.selection_metric,
+        top_k: int = EvaluateParams.top_k,
+        registered_model_name: str = RegisterParams.registered_model_name,
+        min_improvement: float = RegisterParams.min_improvement,
+        experiment: str = DEFAULT_EXPERIMENT,
     ) -> PipelineOutputs:
+        """S3 images -> Spark preprocessing -> transfer learning -> evaluation -> MLflow registry.
+
+        Trains a frozen-backbone model, fine-tunes it and trains a from-scratch baseline beside them on the
+        same data, scores all three on the test split and registers the best as a model version, moving the
+        `champion` alias only when it beats the current champion.
+
+        Args:
+            data_uri: s3://bucket/prefix of the images, one folder per class under the prefix.
+            num_classes: the number of classes the data must have (ingest fails otherwise).
+            image_size: side in pixels the images are resized to for training.
+            batch_size: training batch size of every stage.
+            epochs: epochs of the frozen and the scratch stage (early stopping may end them sooner).
+            learning_rate: Adam learning rate of the frozen and the scratch stage.
+            unfreeze_layers: how many of the backbone's last layers fine-tuning unfreezes (BatchNorm stays frozen).
+            finetune_epochs: epochs of the fine-tuning stage.
+            finetune_learning_rate: Adam learning rate of the fine-tuning stage.
+            backbone: MobileNetV2, ResNet50 or EfficientNetB0 (keras.applications).
+            alpha: width multiplier of MobileNetV2 (must match the weights).
+            weights: imagenet, or a path / s3:// URI of a .weights.h5 file or a backbone .keras file.
+            augment: random rotation, shift, flip, zoom and shear of the training images.
+            feature_cache: frozen stage on cached backbone features: off, on, or augmented:K (K augmented views).
+            early_stopping_patience: epochs without improvement before a stage stops; 0 turns it off.
+            early_stopping_monitor: the val metric that picks the best epoch: val_loss or val_accuracy.
+            use_class_weights: weight the loss by inverse class frequency.
+            seed: seed of the training stages (the split is fixed by the data, not by this).
+            group_pattern: regex on the object key whose first group names a source (e.g. a video id): all its
+                images land in one split.
+            dedupe: duplicate handling in ingest: off, exact (same bytes) or near (also flips, rotations,
+                re-encodings).
+            resize_mode: squash, center-crop or pad.
+            spark_backend: where the preprocessing Spark job runs: local, dataproc or k8s.
+            spark_options: options of the Spark backend (components/preprocess/README.md lists them).
+            run_finetune: train the fine-tuning stage.
+            run_scratch_baseline: train the from-scratch baseline.
+            selection_metric: the test metric that chooses the best stage (e.g. accuracy, macro_f1, log_loss).
+            top_k: k of the top-k accuracy.
+            registered_model_name: the MLflow registered model that gets the new version.
+            min_improvement: how much the new model must beat the champion by to become champion.
+            experiment: the MLflow experiment of the runs.
+
+        Returns:
+            best_stage, model_version, promoted and decision of the registry gate, the comparison metrics and
+            the HTML report.
+        """
         listing = connected(fingerprint(data_uri=data_uri), "listing-fingerprint", cache=False)
         manifest = connected(ingest(
             data_uri=data_uri, listing_fingerprint=listing.output, expected_num_classes=num_classes,
             group_pattern=group_pattern, dedupe=dedupe), "ingest").outputs["manifest"]
         prep = sized(connected(preprocess(
             manifest=manifest, image_size=image_size, resize_mode=resize_mode, spark_backend=spark_backend,
-            spark_options=spark_options), "preprocess", retries=2), resources.preprocess_cpu,
+            spark_options=spark_options, spark_image=images.for_step("preprocess")), "preprocess", retries=2), resources.preprocess_cpu,
             resources.preprocess_memory)
         examples = prep.outputs["examples"]
 
@@ -140,7 +191,7 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             feature_cache=feature_cache, **common), "train-frozen")
         with dsl.If(run_finetune == True, "finetune"):  # noqa: E712 - a KFP condition, not a Python test
             tuned = trainer(finetune(
-                frozen_model=frozen.outputs["model"], epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
+                frozen_model=frozen.outputs["model"], finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
                 finetune_learning_rate=finetune_learning_rate, **common), "finetune")
         with dsl.Else():
             tuned_skipped = skip_stage(stage="finetune", reason="run_finetune=False").set_display_name(

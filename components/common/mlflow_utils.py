@@ -1,6 +1,6 @@
 """MLflow helpers shared by the stages: reachability check, the pipeline's parent run, nested stage runs.
 
-Layout (DESIGN.md, "MLflow layout"): one experiment (default `fish-classification`); one parent run per
+Layout (docs/DESIGN.md, "MLflow layout"): one experiment (default `fish-classification`); one parent run per
 pipeline run, found by its tag `kfp_run_id`; one nested child run per stage (tag `mlflow.parentRunId`).
 """
 
@@ -10,16 +10,18 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import mlflow
 import requests
-from mlflow.tracking import MlflowClient
 
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.settings import mlflow_tracking_uri
 
+if TYPE_CHECKING:
+    from mlflow import ActiveRun
+
 log = get_logger("mlflow")
-DEFAULT_EXPERIMENT = "fish-classification"
+DEFAULT_EXPERIMENT = "fish-classification"  # the one owner of the experiment name (mlflow is imported lazily)
 PARENT_ROLE_TAG = "tlpipe.role"
 
 
@@ -48,6 +50,8 @@ def connect(tracking_uri: str | None = None, attempts: int = 5, base_delay: floa
         else:
             raise MlflowUnreachableError(f"MLflow tracking server at {uri} is unreachable after {attempts} "
                                          f"attempts: {last}")
+    import mlflow
+
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -66,6 +70,8 @@ def current_kfp_run_id(explicit: str = "") -> str:
 
 def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
     """Id of the experiment `name`, created when missing."""
+    from mlflow.tracking import MlflowClient
+
     exp = MlflowClient().get_experiment_by_name(name)
     return exp.experiment_id if exp else MlflowClient().create_experiment(name)
 
@@ -73,6 +79,8 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
 def parent_run_id(kfp_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> str:
     """The parent MLflow run of pipeline run `kfp_run_id` (see current_kfp_run_id), created on first use."""
     kfp_run_id = current_kfp_run_id(kfp_run_id)
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     exp_id = experiment_id(experiment)
     found = client.search_runs(
@@ -95,10 +103,12 @@ def stage_run(
     kfp_run_id: str,
     experiment: str = DEFAULT_EXPERIMENT,
     tags: dict[str, str] | None = None,
-) -> Iterator[mlflow.ActiveRun]:
+) -> Iterator[ActiveRun]:
     """Start the nested MLflow run of one stage under the pipeline's parent run."""
     kfp_run_id = current_kfp_run_id(kfp_run_id)
     parent = parent_run_id(kfp_run_id, experiment)
+    import mlflow
+
     run_tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=stage, tags=run_tags) as run:
         log.info("MLflow run %s (%s) under parent %s", run.info.run_id, stage, parent)

@@ -37,8 +37,6 @@ DEMO_PARAMS = {
     "feature_cache": "on",
     "early_stopping_monitor": "val_accuracy",
     "group_pattern": r"(\d{8}_\d{6})_",
-    "registered_model_name": "fish-classifier",
-    "experiment": "fish-classification",
 }
 
 
@@ -65,6 +63,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Steps 1-5 above; returns 0 when the pipeline registered a model."""
     from tlpipe.cli.local import print_summary, run_local
     from tlpipe.components.ingest.upload import upload_folder
+    from tlpipe.components.register.params import RegisterParams
 
     started = time.monotonic()
     stack = Stack(args.state_dir)
@@ -77,7 +76,7 @@ def run_demo(args: argparse.Namespace) -> int:
     log.info("step 4/5: the pipeline (kfp.local)")
     outputs = run_local(DEMO_DATA_URI, DEMO_PARAMS, Path(stack.state_dir) / "kfp", cache=not args.no_cache)
     log.info("step 5/5: results (%.0f s in all)", time.monotonic() - started)
-    print_summary(outputs, DEMO_PARAMS["registered_model_name"])
+    print_summary(outputs, RegisterParams.registered_model_name)
     print(f"stack: `tlpipe stack status` shows the servers; `source {stack.env_file}` to use them; "
           "`tlpipe stack down` stops them")
     return 0

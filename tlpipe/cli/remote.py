@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 
 log = get_logger("kfp")
 
@@ -194,7 +195,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     run = sub.add_parser("run", help="start a pipeline run on a KFP API server and print its dashboard URL")
     _auth_args(run)
-    run.add_argument("--experiment", default="fish-classification", help="KFP experiment (created if missing)")
+    run.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="KFP experiment (created if missing)")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                      help="pipeline parameter (repeatable); values are JSON when they parse, else text")
     run.add_argument("--package", default=None, help="compiled YAML to run (default: compile now)")
