@@ -78,9 +78,9 @@ def experiment_id(name: str = DEFAULT_EXPERIMENT) -> str:
 
 def parent_run_id(kfp_run_id: str = "", experiment: str = DEFAULT_EXPERIMENT) -> str:
     """The parent MLflow run of pipeline run `kfp_run_id` (see current_kfp_run_id), created on first use."""
-    kfp_run_id = current_kfp_run_id(kfp_run_id)
     from mlflow.tracking import MlflowClient
 
+    kfp_run_id = current_kfp_run_id(kfp_run_id)
     client = MlflowClient()
     exp_id = experiment_id(experiment)
     found = client.search_runs(
@@ -105,11 +105,31 @@ def stage_run(
     tags: dict[str, str] | None = None,
 ) -> Iterator[ActiveRun]:
     """Start the nested MLflow run of one stage under the pipeline's parent run."""
-    kfp_run_id = current_kfp_run_id(kfp_run_id)
-    parent = parent_run_id(kfp_run_id, experiment)
     import mlflow
 
+    kfp_run_id = current_kfp_run_id(kfp_run_id)
+    parent = parent_run_id(kfp_run_id, experiment)
     run_tags = {"mlflow.parentRunId": parent, "kfp_run_id": kfp_run_id, "stage": stage, **(tags or {})}
     with mlflow.start_run(experiment_id=experiment_id(experiment), run_name=stage, tags=run_tags) as run:
         log.info("MLflow run %s (%s) under parent %s", run.info.run_id, stage, parent)
         yield run
+
+
+def log_to_parent(kfp_run_id: str, experiment: str = DEFAULT_EXPERIMENT, *, params: dict | None = None,
+                  metrics: dict | None = None, tags: dict | None = None) -> str:
+    """Log params, metrics and tags on the pipeline's parent run (every step adds what it knows); its id.
+
+    Params are write-once in MLflow: a step logs only the parameters it owns, so two steps never disagree.
+    """
+    from mlflow.entities import Metric, Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    parent = parent_run_id(kfp_run_id, experiment)
+    now = int(time.time() * 1000)
+    MlflowClient().log_batch(
+        parent,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+        tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+    )
+    return parent
