@@ -1,1 +1,1 @@
-"""tlpipe components: each folder holds a plain-Python core and a thin KFP adapter (see DESIGN.md)."""
+"""tlpipe components: each folder holds a plain-Python core and a thin KFP adapter (see docs/DESIGN.md)."""

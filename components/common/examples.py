@@ -1,4 +1,4 @@
-"""The `examples` artifact of DESIGN.md §3: TFRecord shards of `tf.train.Example` plus `schema.json`.
+"""The `examples` artifact of docs/DESIGN.md §3: TFRecord shards of `tf.train.Example` plus `schema.json`.
 
 Writing needs no TensorFlow (Spark executors and tests use it as is): an Example is encoded with the
 protobuf wire format by hand and framed as TFRecord (length, masked CRC32C, data, masked CRC32C).
@@ -96,7 +96,7 @@ def write_schema(examples_dir: str | os.PathLike, **fields) -> dict:
 def read_schema(examples_dir: str | os.PathLike) -> dict:
     path = Path(examples_dir, SCHEMA_FILE)
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: {examples_dir} is not an `examples` artifact (DESIGN.md §3)")
+        raise FileNotFoundError(f"{path} not found: {examples_dir} is not an `examples` artifact (docs/DESIGN.md §3)")
     return json.loads(path.read_text())
 
 

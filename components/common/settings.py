@@ -1,4 +1,4 @@
-"""Connection settings, read from the environment only (DESIGN.md, "Connections").
+"""Connection settings, read from the environment only (docs/DESIGN.md, "Connections").
 
 Locally the variables come from the embedded stack's env file; in the cluster they come from a
 Kubernetes Secret injected with kfp-kubernetes. They never appear in code, YAML, logs or params.

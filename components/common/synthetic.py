@@ -59,7 +59,7 @@ def write_examples(
     size: int = 32,
     seed: int = 0,
 ) -> Path:
-    """Write a synthetic `examples` artifact (DESIGN.md §3): JPEG TFRecord shards per split + schema.json."""
+    """Write a synthetic `examples` artifact (docs/DESIGN.md §3): JPEG TFRecord shards per split + schema.json."""
     import hashlib
     import io
 

@@ -44,7 +44,7 @@ def ensure_weights(work_dir: Path, uri: str = WEIGHTS_URI) -> str:
     """Import the ImageNet MobileNetV2 backbone offline and upload it to `uri`, unless it is already there."""
     from minio.error import S3Error
 
-    from tlpipe.tools.weights import mobilenet_v2 as weights_import
+    from tlpipe.tools.weights import mobilenet_v2
 
     bucket, key = s3lib.split_uri(uri)
     try:
@@ -54,8 +54,8 @@ def ensure_weights(work_dir: Path, uri: str = WEIGHTS_URI) -> str:
     except S3Error as exc:
         if exc.code not in ("NoSuchKey", "NoSuchObject"):
             raise
-    result = weights_import.import_mobilenet_v2(work_dir / "mobilenet_v2_imagenet.keras")
-    weights_import.upload(result, uri)
+    result = mobilenet_v2.import_mobilenet_v2(work_dir / "mobilenet_v2_imagenet.keras")
+    mobilenet_v2.upload(result, uri)
     return uri
 
 
