@@ -65,19 +65,26 @@ def predict_proba(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarra
     return np.concatenate(out).astype(np.float64)
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    """ECE: |accuracy - confidence| per confidence bin, weighted by the bin's share of examples."""
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> list[dict]:
+    """The reliability diagram: per confidence bin (low, high] its image count, accuracy and mean confidence."""
     import numpy as np
 
     confidence = probs.max(axis=1)
     correct = probs.argmax(axis=1) == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
+    rows = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+        rows.append({"low": float(lo), "high": float(hi), "count": int(in_bin.sum()),
+                     "accuracy": float(correct[in_bin].mean()) if in_bin.any() else None,
+                     "confidence": float(confidence[in_bin].mean()) if in_bin.any() else None})
+    return rows
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE: |accuracy - confidence| per confidence bin, weighted by the bin's share of examples."""
+    return float(sum(b["count"] / len(labels) * abs(b["accuracy"] - b["confidence"])
+                     for b in reliability_bins(probs, labels, bins) if b["count"]))
 
 
 def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -90,7 +97,12 @@ def top_k_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str],
                            top_k: int = DEFAULT_TOP_K) -> dict:
-    """Accuracy, top-k accuracy, macro and per-class precision/recall/F1, log loss, ECE, confusion matrix."""
+    """Accuracy, top-k accuracy, macro and per-class precision/recall/F1, log loss, ECE, confusion matrix.
+
+    The macro means are over the classes present in `labels`: a class without a single image has no recall
+    to measure, and counting it as 0 would understate every model alike. Those classes are listed in
+    `absent_classes` (their per-class rows stay, with support 0).
+    """
     import numpy as np
     from sklearn import metrics as skm
 
@@ -102,15 +114,17 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
     everything = list(range(n))
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         labels, pred, labels=everything, zero_division=0)
+    present = np.isin(everything, labels)
     k = min(top_k, n)
     clipped = np.clip(probs, 1e-7, 1.0)
     return {
         "accuracy": float((pred == labels).mean()),
         "top_k_accuracy": top_k_accuracy(probs, labels, k),
         "top_k": k,
-        "macro_precision": float(precision.mean()),
-        "macro_recall": float(recall.mean()),
-        "macro_f1": float(f1.mean()),
+        "macro_precision": float(precision[present].mean()),
+        "macro_recall": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "absent_classes": [c for c, here in zip(classes, present, strict=True) if not here],
         "log_loss": float(skm.log_loss(labels, clipped / clipped.sum(axis=1, keepdims=True), labels=everything)),
         "ece": expected_calibration_error(probs, labels),
         "num_examples": int(len(labels)),
@@ -118,6 +132,20 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[
                       for c, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)},
         "confusion_matrix": skm.confusion_matrix(labels, pred, labels=everything).tolist(),
     }
+
+
+def precision_recall_curves(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, dict]:
+    """One-vs-rest precision-recall curve and average precision per class present in `labels`."""
+    from sklearn import metrics as skm
+
+    curves = {}
+    for k, name in enumerate(classes):
+        truth = labels == k
+        if truth.any():
+            precision, recall, _ = skm.precision_recall_curve(truth, probs[:, k])
+            curves[name] = {"precision": precision.tolist(), "recall": recall.tolist(),
+                            "average_precision": float(skm.average_precision_score(truth, probs[:, k]))}
+    return curves
 
 
 def most_confused_pairs(confusion: list[list[int]], classes: list[str], limit: int = 3) -> list[dict]:

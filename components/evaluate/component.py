@@ -20,21 +20,23 @@ def evaluate_op(
     kfp_run_id: str = "local",
     latency_repeats: int = 20,
 ) -> NamedTuple("EvaluateOutputs", [("best_stage", str), ("best_score", float), ("explanation", str)]):
-    """Score the frozen, fine-tuned and scratch models on the test split and pass on the best one.
+    """Score the frozen, fine-tuned and scratch models on val and test, choose on val, pass on the best one.
 
-    A stage switched off upstream arrives as a placeholder (`skipped.json`) and is listed, not scored. The
-    comparison goes to the KFP UI (metrics, confusion matrix, HTML report) and to a nested MLflow run.
+    The test split is only reported, never used to choose. A stage switched off upstream arrives as a
+    placeholder (`skipped.json`) and is listed, not scored. The comparison goes to the KFP UI (metrics,
+    confusion matrix, HTML report), to a nested MLflow run and, the chosen stage and its metrics, to the parent.
 
     Args:
-        examples: The `examples` artifact of preprocess; only its test split is used.
+        examples: The `examples` artifact of preprocess; its val split chooses, its test split is reported.
         frozen_model: The `model` artifact of train-frozen.
         finetuned_model: The `model` artifact of finetune, or the placeholder of a skipped finetune.
         scratch_model: The `model` artifact of train-scratch, or the placeholder of a skipped baseline.
-        metrics: Output: scalars per model (`<stage>_<metric>`, latencies) and the transfer-vs-scratch gap.
-        confusion_matrix: Output: the confusion matrix of the chosen model, with the class names.
-        report: Output: the self-contained HTML comparison report.
+        metrics: Output: scalars per model (`<stage>_<metric>` on test, `<stage>_val_<metric>`, latencies) and
+            the transfer-vs-scratch gap.
+        confusion_matrix: Output: the test confusion matrix of the chosen model, with the class names.
+        report: Output: the self-contained HTML comparison report (a file named `report.html`).
         best_model: Output: a copy of the chosen `model` artifact plus its `evaluation.json`.
-        selection_metric: The test metric that picks the best model: accuracy, top_k_accuracy, macro_f1,
+        selection_metric: The val metric that picks the best model: accuracy, top_k_accuracy, macro_f1,
             macro_precision, macro_recall (higher is better), log_loss or ece (lower is better).
         top_k: k of the top-k accuracy (capped at the number of classes).
         experiment: The MLflow experiment of the pipeline's parent run.
@@ -42,8 +44,8 @@ def evaluate_op(
         latency_repeats: Timed CPU inference runs per batch size (1 and 32), after warm-up.
 
     Returns:
-        EvaluateOutputs: `best_stage` (the stage chosen), `best_score` (its test `selection_metric`) and
-        `explanation` (one sentence saying why it was chosen).
+        EvaluateOutputs: `best_stage` (the stage chosen), `best_score` (its val `selection_metric`, which
+        chose it) and `explanation` (one sentence naming the val figures that decided it).
     """
     import json
     import shutil
@@ -72,6 +74,9 @@ def evaluate_op(
     Path(metrics.path).write_text(json.dumps(scalars, indent=2))
     Path(confusion_matrix.path).write_text(json.dumps({"model": best, "classes": result["classes"],
                                                        "matrix": matrix}, indent=2))
+    # A named .html file, so that the local artifact folder and a download open in a browser (KFP keeps the
+    # URI an executor sets: kfp.local, and the v2 launcher, which uploads from it).
+    report.path = str(Path(report.path).with_suffix(".html"))
     shutil.copyfile(work / core.REPORT_FILE, report.path)
 
     core.copy_best(result, model_dirs, best_model.path)
@@ -79,7 +84,8 @@ def evaluate_op(
     best_model.metadata.update({k: v for k, v in inputs[best].metadata.items()})
     best_model.metadata.update({"stage": best, "test_accuracy": best_metrics["accuracy"],
                                 "test_macro_f1": best_metrics["macro_f1"],
-                                "selection_metric": selection_metric, "best_score": result["best_score"],
+                                "selection_metric": selection_metric, "selection_split": "val",
+                                "best_score": result["best_score"],
                                 "evaluate_mlflow_run_id": result["mlflow_run_id"]})
     outputs = namedtuple("EvaluateOutputs", ["best_stage", "best_score", "explanation"])
     return outputs(best, float(result["best_score"]), result["explanation"])

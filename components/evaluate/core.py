@@ -1,8 +1,9 @@
-"""evaluate/compare (docs/DESIGN.md §5): score every candidate model on the test split, pick the best, say why.
+"""evaluate/compare (docs/DESIGN.md §5): score every candidate on val and test, choose on val, report test, say why.
 
 `evaluate()` works on plain folders: the `examples` artifact and one `model` artifact per stage (a stage
 switched off arrives as a placeholder holding only `skipped.json`), read through
-`tlpipe.components.common.model_artifact`. It writes `evaluation.json` and the self-contained `report.html`
+`tlpipe.components.common.model_artifact`. The stage is chosen on the val split (selecting on test would make
+the reported test figures optimistic); the test split is only reported. It writes `evaluation.json` and the self-contained `report.html`
 into an output folder; `copy_best()` builds the `best_model` artifact and `log_to_mlflow()` records
 everything in the stage's nested MLflow run. The metrics are those of `tlpipe.components.common.scoring`.
 """
@@ -25,6 +26,10 @@ log = get_logger("evaluate")
 
 REPORT_FILE = "report.html"
 SCRATCH_STAGE = "scratch"
+# From the simplest stage to the most complex: frozen trains only the head on a fixed backbone, finetuned also
+# the top of the backbone, scratch every weight. A tie on val goes to the simpler one: it generalises at least
+# as well and costs less to retrain. Latency does not break ties: it is too noisy (16 vs 36 ms for one network).
+SIMPLICITY_ORDER = ("frozen", "finetuned", SCRATCH_STAGE)
 THUMBNAILS_PER_PAIR = 4
 
 
@@ -52,29 +57,35 @@ def read_candidate(stage: str, model_dir: str | Path) -> dict:
             "metadata": _optional(model_artifact.read_metadata, model_dir, {})}
 
 
+def _simplicity(stage: str) -> int:
+    """Rank of `stage` in SIMPLICITY_ORDER; a stage of another name after the known ones."""
+    return SIMPLICITY_ORDER.index(stage) if stage in SIMPLICITY_ORDER else len(SIMPLICITY_ORDER)
+
+
 def _select(scored: dict[str, dict], metric: str) -> tuple[str, str]:
-    """The best stage by `metric` (ties broken by batch-1 latency) and a one-sentence explanation."""
+    """The best stage by its val `metric` (a tie goes to the simpler stage) and a one-sentence explanation.
+
+    The test metrics only appear in the sentence: they are reported, never used to choose.
+    """
     higher = scoring.METRIC_DIRECTIONS[metric]
 
-    def key(stage):
-        value = scored[stage]["metrics"][metric]
-        return (-value if higher else value, scored[stage]["latency"]["batch_1"]["median_ms"])
+    def val(stage):
+        return scored[stage]["val_metrics"][metric]
 
-    ranked = sorted(scored, key=key)
+    ranked = sorted(scored, key=lambda s: (-val(s) if higher else val(s), _simplicity(s)))
     best = ranked[0]
-    value = scored[best]["metrics"][metric]
-    others = ", ".join(f"{s} {scored[s]['metrics'][metric]:.4f}" for s in ranked[1:])
-    sentence = f"{best} was chosen for the {'highest' if higher else 'lowest'} test {metric} ({value:.4f}"
+    others = ", ".join(f"{s} {val(s):.4f}" for s in ranked[1:])
+    sentence = f"{best} was chosen for the {'highest' if higher else 'lowest'} val {metric} ({val(best):.4f}"
     sentence += f" vs {others})" if others else ", the only scored candidate)"
-    tied = [s for s in ranked[1:] if scored[s]["metrics"][metric] == value]
+    tied = [s for s in ranked[1:] if val(s) == val(best)]
     if tied:
-        sentence += (f"; tied with {', '.join(tied)} and faster at "
-                     f"{scored[best]['latency']['batch_1']['median_ms']:.2f} ms/image")
-    return best, sentence + "."
+        sentence += f", the simpler stage of those tied with it ({', '.join(tied)})"
+    test = scored[best]["metrics"][metric]
+    return best, f"{sentence}; its test {metric} {test:.4f} is reported, not used to choose."
 
 
 def _transfer_vs_scratch(candidates: dict[str, dict], correct: dict[str, np.ndarray]) -> dict:
-    """Accuracy of the best transfer-learning stage vs the from-scratch baseline, with a bootstrap 95 % CI."""
+    """Test accuracy of the transfer-learning stage best on val vs the from-scratch baseline, bootstrap 95 % CI."""
     scratch = candidates.get(SCRATCH_STAGE)
     transfer = [s for s in correct if s != SCRATCH_STAGE]
     if scratch is None:
@@ -84,16 +95,22 @@ def _transfer_vs_scratch(candidates: dict[str, dict], correct: dict[str, np.ndar
                         f"transfer learning was not compared with it."}
     if not transfer:
         return {"line": "No transfer-learning model was scored, so there is nothing to compare scratch with."}
-    best_transfer = max(transfer, key=lambda s: correct[s].mean())
+    best_transfer = min(transfer, key=lambda s: (-candidates[s]["val_metrics"]["accuracy"], _simplicity(s)))
     diff, low, high = scoring.bootstrap_difference(correct[best_transfer], correct[SCRATCH_STAGE])
     verdict = ("transfer learning is better" if low > 0 else "scratch is better" if high < 0
                else "the difference is not significant at 95 %")
     return {"transfer_stage": best_transfer, "transfer_accuracy": float(correct[best_transfer].mean()),
             "scratch_accuracy": float(correct[SCRATCH_STAGE].mean()), "difference": diff,
             "ci_low": low, "ci_high": high,
-            "line": (f"{best_transfer} (transfer) {correct[best_transfer].mean():.3f} vs scratch "
+            "line": (f"{best_transfer} (transfer, the best on val) {correct[best_transfer].mean():.3f} vs scratch "
                      f"{correct[SCRATCH_STAGE].mean():.3f} test accuracy: difference {diff:+.3f}, bootstrap 95 % "
                      f"interval [{low:+.3f}, {high:+.3f}] over {len(correct[SCRATCH_STAGE])} images; {verdict}.")}
+
+
+def _warn_absent(split: str, metrics: dict, classes: list[str]) -> None:
+    if metrics["absent_classes"]:
+        log.warning("the %s split has no images of %s: macro precision/recall/F1 are over the %d classes present",
+                    split, ", ".join(metrics["absent_classes"]), len(classes) - len(metrics["absent_classes"]))
 
 
 def evaluate(
@@ -105,11 +122,12 @@ def evaluate(
     metadata: dict[str, dict] | None = None,
     latency_repeats: int = EvaluateParams.latency_repeats,
 ) -> dict:
-    """Score every model of `model_dirs` ({stage: folder}) on the test split; write evaluation.json and report.html.
+    """Score every model of `model_dirs` ({stage: folder}) on val and test, choose on val; write the report.
 
     `metadata` ({stage: KFP artifact metadata}) is recorded per candidate; a stage without an entry gets its
-    artifact's metadata.json. Returns the evaluation: per-candidate metrics and latency, best_stage, best_score,
-    explanation, transfer_vs_scratch, most_confused pairs.
+    artifact's metadata.json. Writes evaluation.json and report.html into `out_dir`; returns the evaluation:
+    per-candidate test `metrics`, `val_metrics`, reliability bins and latency, best_stage, best_score (its val
+    `selection_metric`), explanation, absent_classes, transfer_vs_scratch, most_confused pairs.
     """
     EvaluateParams(selection_metric=selection_metric, top_k=top_k, latency_repeats=latency_repeats).validate()
     if not model_dirs:
@@ -119,10 +137,11 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images, labels, classes = scoring.load_test_arrays(examples_dir)
-    log.info("test split: %d images, %d classes", len(labels), len(classes))
+    val_images, val_labels, _ = scoring.load_test_arrays(examples_dir, "val")
+    log.info("val split: %d images, test split: %d images, %d classes", len(val_labels), len(labels), len(classes))
     candidates: dict[str, dict] = {}
     correct: dict[str, np.ndarray] = {}
-    predictions: dict[str, np.ndarray] = {}
+    probabilities: dict[str, np.ndarray] = {}
     histories: dict[str, dict] = {}
     for stage, model_dir in model_dirs.items():
         info = read_candidate(stage, model_dir)
@@ -138,15 +157,20 @@ def evaluate(
         log.info("%s: scoring %s", stage, info["path"])
         model = model_artifact.load_model(info["path"])
         predict = scoring.compiled_predictor(model)
+        val_metrics = scoring.classification_metrics(scoring.predict_proba(predict, val_images), val_labels,
+                                                     classes, top_k=top_k)
         probs = scoring.predict_proba(predict, images)
         metrics = scoring.classification_metrics(probs, labels, classes, top_k=top_k)
         latency = {f"batch_{b}": scoring.measure_latency(predict, images, b, repeats=latency_repeats)
                    for b in (1, 32)}
-        log.info("%s: accuracy %.4f, macro F1 %.4f, %.2f ms/image at batch 1", stage, metrics["accuracy"],
-                 metrics["macro_f1"], latency["batch_1"]["median_ms"])
-        candidates[stage] = {"status": "scored", "metrics": metrics, "latency": latency, "metadata": meta}
-        predictions[stage] = probs.argmax(axis=1)
-        correct[stage] = predictions[stage] == labels
+        log.info("%s: val %s %.4f; test accuracy %.4f, macro F1 %.4f; %.2f ms/image at batch 1", stage,
+                 selection_metric, val_metrics[selection_metric], metrics["accuracy"], metrics["macro_f1"],
+                 latency["batch_1"]["median_ms"])
+        candidates[stage] = {"status": "scored", "metrics": metrics, "val_metrics": val_metrics,
+                             "reliability": scoring.reliability_bins(probs, labels), "latency": latency,
+                             "metadata": meta}
+        probabilities[stage] = probs
+        correct[stage] = probs.argmax(axis=1) == labels
         histories[stage] = info["history"]
     scored = {s: c for s, c in candidates.items() if c["status"] == "scored"}
     if not scored:
@@ -155,41 +179,48 @@ def evaluate(
     best, explanation = _select(scored, selection_metric)
     log.info("choice: %s", explanation)
     best_metrics = scored[best]["metrics"]
+    _warn_absent("val", scored[best]["val_metrics"], classes)
+    _warn_absent("test", best_metrics, classes)
     confused = scoring.most_confused_pairs(best_metrics["confusion_matrix"], classes)
     result = {
-        "selection_metric": selection_metric, "top_k": top_k, "classes": classes,
-        "num_test_examples": int(len(labels)), "latency_repeats": latency_repeats,
-        "best_stage": best, "best_score": float(best_metrics[selection_metric]), "explanation": explanation,
-        "candidates": candidates, "most_confused": confused,
+        "selection_metric": selection_metric, "selection_split": "val", "top_k": top_k, "classes": classes,
+        "num_val_examples": int(len(val_labels)), "num_test_examples": int(len(labels)),
+        "latency_repeats": latency_repeats, "absent_classes": best_metrics["absent_classes"],
+        "best_stage": best, "best_score": float(scored[best]["val_metrics"][selection_metric]),
+        "explanation": explanation, "candidates": candidates, "most_confused": confused,
         "transfer_vs_scratch": _transfer_vs_scratch(candidates, correct),
     }
     log.info("transfer vs scratch: %s", result["transfer_vs_scratch"]["line"])
 
+    predicted = probabilities[best].argmax(axis=1)
     thumbs = [[html_report.thumbnail(images[i]) for i in np.flatnonzero(
-        (labels == pair["true_index"]) & (predictions[best] == pair["predicted_index"]))[:THUMBNAILS_PER_PAIR]]
+        (labels == pair["true_index"]) & (predicted == pair["predicted_index"]))[:THUMBNAILS_PER_PAIR]]
         for pair in confused]
-    confusion_uri = html_report.confusion_figure(best_metrics["confusion_matrix"], classes,
-                                                 f"{best} on {len(labels)} test images")
-    document = html_report.render(result, html_report.curves_figure(histories), confusion_uri, thumbs)
-    (out_dir / REPORT_FILE).write_text(document, encoding="utf-8")
+    figures = html_report.figures(result, histories, scoring.precision_recall_curves(probabilities[best], labels,
+                                                                                     classes))
+    (out_dir / REPORT_FILE).write_text(html_report.render(result, figures, thumbs), encoding="utf-8")
     (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
     log.info("wrote %s and %s", out_dir / REPORT_FILE, out_dir / EVALUATION_FILE)
     return result
 
 
 def copy_best(result: dict, model_dirs: dict[str, str | Path], dest: str | Path) -> Path:
-    """The `best_model` artifact: a copy of the chosen model folder plus evaluation.json (its test metrics)."""
+    """The `best_model` artifact: a copy of the chosen model folder plus evaluation.json (test and val metrics)."""
     best = result["best_stage"]
     dest = Path(dest)
     shutil.copytree(model_dirs[best], dest, dirs_exist_ok=True)
     chosen = result["candidates"][best]
-    evaluation = {"stage": best, "metrics": chosen["metrics"], "latency": chosen["latency"],
-                  "selection_metric": result["selection_metric"], "classes": result["classes"],
+    metric = result["selection_metric"]
+    evaluation = {"stage": best, "metrics": chosen["metrics"], "val_metrics": chosen["val_metrics"],
+                  "latency": chosen["latency"], "selection_metric": metric, "selection_split": "val",
+                  "classes": result["classes"], "absent_classes": result["absent_classes"],
                   "explanation": result["explanation"],
                   "mlflow_run_ids": {s: c["metadata"]["mlflow_run_id"] for s, c in result["candidates"].items()
                                      if c.get("metadata", {}).get("mlflow_run_id")},
-                  "comparison": {s: c["metrics"][result["selection_metric"]]
-                                 for s, c in result["candidates"].items() if c["status"] == "scored"}}
+                  "comparison": {s: c["metrics"][metric] for s, c in result["candidates"].items()
+                                 if c["status"] == "scored"},
+                  "val_comparison": {s: c["val_metrics"][metric] for s, c in result["candidates"].items()
+                                     if c["status"] == "scored"}}
     if result.get("mlflow_run_id"):
         evaluation["mlflow_run_ids"]["evaluate"] = result["mlflow_run_id"]
     model_artifact.write_evaluation(dest, evaluation)
@@ -197,13 +228,14 @@ def copy_best(result: dict, model_dirs: dict[str, str | Path], dest: str | Path)
 
 
 def flat_metrics(result: dict) -> dict[str, float]:
-    """Scalars per model, e.g. `frozen_accuracy`, `finetuned_latency_ms_b1`."""
+    """Scalars per model, e.g. `frozen_accuracy` (test), `frozen_val_accuracy`, `finetuned_latency_ms_b1`."""
     flat = {}
     for stage, cand in result["candidates"].items():
         if cand["status"] != "scored":
             continue
         for name in scoring.METRIC_DIRECTIONS:
             flat[f"{stage}_{name}"] = float(cand["metrics"][name])
+            flat[f"{stage}_val_{name}"] = float(cand["val_metrics"][name])
         lat = cand["latency"]
         flat[f"{stage}_latency_ms_b1"] = lat["batch_1"]["median_ms"]
         flat[f"{stage}_latency_ms_b1_p90"] = lat["batch_1"]["p90_ms"]
@@ -216,7 +248,10 @@ def flat_metrics(result: dict) -> dict[str, float]:
 
 
 def log_to_mlflow(result: dict, out_dir: str | Path, kfp_run_id: str, experiment: str) -> str:
-    """Log metrics, the report and evaluation.json to the nested `evaluate` MLflow run; returns its id."""
+    """Log metrics, the report and evaluation.json to the nested `evaluate` MLflow run; returns its id.
+
+    The parent run gets the chosen stage (param `best_stage`) and its `test_<metric>` and `val_<metric>`.
+    """
     import mlflow
 
     from tlpipe.components.common import mlflow_utils
@@ -226,10 +261,16 @@ def log_to_mlflow(result: dict, out_dir: str | Path, kfp_run_id: str, experiment
                                 tags={"best_stage": result["best_stage"]}) as run:
         mlflow.log_params({"selection_metric": result["selection_metric"], "top_k": result["top_k"],
                            "candidates": ",".join(result["candidates"]),
+                           "selection_split": result["selection_split"],
+                           "num_val_examples": result["num_val_examples"],
                            "num_test_examples": result["num_test_examples"]})
         mlflow.log_metrics(flat_metrics(result))
         mlflow.set_tag("mlflow.note.content", f"{result['explanation']}\n\n{result['transfer_vs_scratch']['line']}")
         mlflow.log_artifact(str(Path(out_dir) / REPORT_FILE))
         mlflow.log_artifact(str(Path(out_dir) / EVALUATION_FILE))
         result["mlflow_run_id"] = run.info.run_id
+    chosen = result["candidates"][result["best_stage"]]
+    mlflow_utils.log_to_parent(kfp_run_id, experiment, params={"best_stage": result["best_stage"]}, metrics={
+        f"{split}_{name}": chosen[key][name] for split, key in (("test", "metrics"), ("val", "val_metrics"))
+        for name in scoring.METRIC_DIRECTIONS})
     return result["mlflow_run_id"]

@@ -17,7 +17,7 @@ SELECTION_METRICS = tuple(METRIC_DIRECTIONS)  # log_loss and ece: lower is bette
 class EvaluateParams:
     """How the candidates are scored and the best one chosen (docs/DESIGN.md §5)."""
 
-    selection_metric: str = DEFAULT_METRIC  # one of SELECTION_METRICS; ties broken by batch-1 latency
+    selection_metric: str = DEFAULT_METRIC  # one of SELECTION_METRICS, on val; a tie: the simpler stage
     top_k: int = DEFAULT_TOP_K  # top-k accuracy (capped at the number of classes)
     latency_repeats: int = 20  # timed CPU runs per batch size, after warm-up
 

@@ -1,4 +1,8 @@
-"""The self-contained HTML comparison report: tables, plots and thumbnails inlined as base64 PNG data URIs."""
+"""The self-contained HTML comparison report: tables, plots and thumbnails inlined as base64 PNG data URIs.
+
+The figures are built from data a test can read back: `training_series` (the curves), the candidates'
+`reliability` bins and `common.scoring.precision_recall_curves`; each `*_figure` returns the matplotlib Figure.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +12,22 @@ import io
 
 import numpy as np
 
-# history.json key spellings seen from the training stages, first match wins.
-HISTORY_KEYS = {
-    "accuracy": ("train_accuracy", "accuracy", "acc"),
-    "val_accuracy": ("val_accuracy", "val_acc"),
-    "loss": ("train_loss", "loss"),
-    "val_loss": ("val_loss",),
-}
+CURVE_METRICS = ("train_accuracy", "val_accuracy", "train_loss", "val_loss")
 
 
-def history_series(history: dict, name: str) -> list[float] | None:
-    """One per-epoch series of a history.json (e.g. `accuracy` also found as `train_accuracy`)."""
-    for key in HISTORY_KEYS[name]:
-        if key in history and history[key]:
-            return [float(v) for v in history[key]]
-    return None
+def training_series(histories: dict[str, dict]) -> dict[str, dict[str, list[float]]]:
+    """{stage: {"epoch": [1, 2, ...], "train_accuracy": [...], "val_accuracy", "train_loss", "val_loss"}}.
 
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return data_uri(buf.getvalue())
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    From history.json as training writes it (`{"epochs": [one row per epoch], ...}`, docs/DESIGN.md §4);
+    epochs are numbered from 1, a stage without recorded epochs is left out.
+    """
+    series = {}
+    for stage, history in histories.items():
+        rows = history.get("epochs") or []
+        if rows:
+            series[stage] = {"epoch": [int(r["epoch"]) + 1 for r in rows],
+                             **{m: [float(r[m]) for r in rows] for m in CURVE_METRICS}}
+    return series
 
 
 def _pyplot():
@@ -47,30 +39,72 @@ def _pyplot():
     return plt
 
 
-def curves_figure(histories: dict[str, dict]) -> str | None:
-    """Accuracy (top) and loss (bottom) per epoch, one column per stage, as a data URI."""
-    histories = {s: h for s, h in histories.items() if h}
-    if not histories:
+def figure_uri(fig) -> str:
+    """A matplotlib Figure as a PNG data URI (the figure is closed)."""
+    plt = _pyplot()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return data_uri(buf.getvalue())
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def curves_figure(series: dict[str, dict[str, list[float]]]):
+    """Accuracy (top) and loss (bottom) per epoch, train and val, one column per stage; None without series."""
+    if not series:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(2, len(histories), figsize=(4 * len(histories), 6), squeeze=False, sharey="row",
+    fig, axes = plt.subplots(2, len(series), figsize=(4 * len(series), 6), squeeze=False, sharey="row",
                              layout="constrained")
-    for col, (stage, history) in enumerate(histories.items()):
-        for row, (train_key, val_key, title) in enumerate(
-                [("accuracy", "val_accuracy", "accuracy"), ("loss", "val_loss", "loss")]):
+    for col, (stage, values) in enumerate(series.items()):
+        for row, metric in enumerate(("accuracy", "loss")):
             ax = axes[row][col]
-            for key, label in ((train_key, "train"), (val_key, "val")):
-                series = history_series(history, key)
-                if series:
-                    ax.plot(range(1, len(series) + 1), series, marker="o", label=label)
-            ax.set_title(f"{stage}: {title}")
+            for split in ("train", "val"):
+                ax.plot(values["epoch"], values[f"{split}_{metric}"], marker="o", label=split)
+            ax.set_title(f"{stage}: {metric}")
             ax.set_xlabel("epoch")
             ax.legend()
-    return _png(fig)
+    return fig
 
 
-def confusion_figure(confusion: list[list[int]], classes: list[str], title: str) -> str:
-    """The confusion matrix (rows: true class, columns: predicted) with counts, as a data URI."""
+def reliability_figure(candidates: dict[str, dict]):
+    """Per scored stage: test accuracy vs mean confidence per confidence bin, against the diagonal, with ECE."""
+    scored = {s: c for s, c in candidates.items() if c["status"] == "scored"}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(scored), figsize=(3.6 * len(scored), 3.6), squeeze=False, layout="constrained")
+    for ax, (stage, cand) in zip(axes[0], scored.items(), strict=True):
+        bins = [b for b in cand["reliability"] if b["count"]]
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+        ax.bar([b["low"] for b in bins], [b["accuracy"] for b in bins], width=[b["high"] - b["low"] for b in bins],
+               align="edge", alpha=0.7, edgecolor="black", label="accuracy per bin")
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="black",
+                label="mean confidence")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
+               title=f"{stage}: ECE {cand['metrics']['ece']:.3f}")
+        ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def precision_recall_figure(curves: dict[str, dict], stage: str):
+    """One-vs-rest precision-recall curve per class (average precision in the legend); None without classes."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5), layout="constrained")
+    for name, curve in curves.items():
+        ax.step(curve["recall"], curve["precision"], where="post",
+                label=f"{name} (AP {curve['average_precision']:.2f})")
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.05), xlabel="recall", ylabel="precision",
+           title=f"{stage}: precision-recall per class (test)")
+    ax.legend(fontsize="small", loc="lower left")
+    return fig
+
+
+def confusion_figure(confusion: list[list[int]], classes: list[str], title: str):
+    """The confusion matrix (rows: true class, columns: predicted) with counts."""
     plt = _pyplot()
     matrix = np.asarray(confusion)
     size = max(4.0, 0.6 * len(classes) + 2)
@@ -84,7 +118,18 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], title: str)
     threshold = matrix.max() / 2 if matrix.size else 0
     for (t, p), count in np.ndenumerate(matrix):
         ax.text(p, t, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    return _png(fig)
+    return fig
+
+
+def figures(result: dict, histories: dict[str, dict], pr_curves: dict[str, dict]) -> dict[str, str | None]:
+    """The report's plots as data URIs: curves, reliability, precision_recall, confusion (None: nothing to plot)."""
+    best = result["best_stage"]
+    built = {"curves": curves_figure(training_series(histories)),
+             "reliability": reliability_figure(result["candidates"]),
+             "precision_recall": precision_recall_figure(pr_curves, best),
+             "confusion": confusion_figure(result["candidates"][best]["metrics"]["confusion_matrix"],
+                                           result["classes"], f"{best} on {result['num_test_examples']} test images")}
+    return {name: figure_uri(fig) if fig is not None else None for name, fig in built.items()}
 
 
 def thumbnail(image: np.ndarray, size: int = 96) -> str:
@@ -99,13 +144,15 @@ def thumbnail(image: np.ndarray, size: int = 96) -> str:
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;margin:1em 0}
 th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
 tr.best{background:#e8f5e9;font-weight:bold}
+td.val{background:#e3f2fd}
 .thumbs img{margin:2px;border:1px solid #999;image-rendering:pixelated;width:96px}
 .note{color:#555}
+.warn{background:#fff3e0;border-left:4px solid #ef6c00;padding:6px 10px}
 """
 
 TABLE_COLUMNS = [("accuracy", "accuracy"), ("top_k_accuracy", "top-k acc."), ("macro_f1", "macro F1"),
@@ -113,52 +160,78 @@ TABLE_COLUMNS = [("accuracy", "accuracy"), ("top_k_accuracy", "top-k acc."), ("m
                  ("ece", "ECE")]
 
 
-def render(result: dict, curves_uri: str | None, confusion_uri: str, confused_thumbs: list[list[str]]) -> str:
-    """The full HTML document of an evaluation `result` (see core.evaluate)."""
+def _absent_warning(split: str, absent: list[str], classes: list[str]) -> str:
+    if not absent:
+        return ""
+    return (f"<p class='warn'><b>Warning:</b> the {split} split has no images of {html.escape(', '.join(absent))}. "
+            f"Its macro precision, recall and F1 are averaged over the {len(classes) - len(absent)} classes "
+            f"present, not counting the absent ones as 0.</p>")
+
+
+def _img(uri: str | None, alt: str, missing: str) -> str:
+    return f"<img src='{uri}' alt='{html.escape(alt)}'>" if uri else f"<p class='note'>{html.escape(missing)}</p>"
+
+
+def render(result: dict, figures: dict[str, str | None], confused_thumbs: list[list[str]]) -> str:
+    """The full HTML document of an evaluation `result` (see core.evaluate) with its `figures` (see figures())."""
     e = html.escape
-    best = result["best_stage"]
-    head = "".join(f"<th>{e(label)}</th>" for _, label in TABLE_COLUMNS)
+    best, metric, classes = result["best_stage"], result["selection_metric"], result["classes"]
+    head = "".join(f"<th>test {e(label)}</th>" for _, label in TABLE_COLUMNS)
     rows = []
     for stage, cand in result["candidates"].items():
         if cand["status"] != "scored":
-            rows.append(f"<tr><td>{e(stage)}</td><td colspan='{len(TABLE_COLUMNS) + 2}' class='note'>"
+            rows.append(f"<tr><td>{e(stage)}</td><td colspan='{len(TABLE_COLUMNS) + 3}' class='note'>"
                         f"skipped: {e(cand.get('reason', ''))}</td></tr>")
             continue
         m, lat = cand["metrics"], cand["latency"]
         cells = "".join(f"<td>{m[key]:.4f}</td>" for key, _ in TABLE_COLUMNS)
-        rows.append(f"<tr class='{'best' if stage == best else ''}'><td>{e(stage)}</td>{cells}"
+        rows.append(f"<tr class='{'best' if stage == best else ''}'><td>{e(stage)}</td>"
+                    f"<td class='val'>{cand['val_metrics'][metric]:.4f}</td>{cells}"
                     f"<td>{lat['batch_1']['median_ms']:.2f} / {lat['batch_1']['p90_ms']:.2f}</td>"
                     f"<td>{lat['batch_32']['median_ms_per_image']:.2f} / {lat['batch_32']['p90_ms_per_image']:.2f}"
                     f"</td></tr>")
-    per_class = result["candidates"][best]["metrics"]["per_class"]
+    best_metrics = result["candidates"][best]["metrics"]
     class_rows = "".join(
         f"<tr><td>{e(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td>"
-        f"<td>{v['support']}</td></tr>" for c, v in per_class.items())
+        f"<td>{v['support']}</td></tr>" if v["support"] else
+        f"<tr><td>{e(c)}</td><td colspan='3' class='note'>absent from the test split: not in the macro means</td>"
+        f"<td>0</td></tr>" for c, v in best_metrics["per_class"].items())
     confused = []
     for pair, thumbs in zip(result["most_confused"], confused_thumbs, strict=True):
         imgs = "".join(f"<img src='{uri}' alt='{e(pair['true'])} predicted as {e(pair['predicted'])}'>"
                        for uri in thumbs)
         confused.append(f"<li><b>{e(pair['true'])}</b> predicted as <b>{e(pair['predicted'])}</b>: "
                         f"{pair['count']} image(s)<div class='thumbs'>{imgs}</div></li>")
-    curves = (f"<img src='{curves_uri}' alt='training curves of all stages'>" if curves_uri
-              else "<p class='note'>No training history was available.</p>")
+    warnings = (_absent_warning("val", result["candidates"][best]["val_metrics"]["absent_classes"], classes)
+                + _absent_warning("test", result["absent_classes"], classes))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Model comparison: {e(best)} chosen</title>
 <style>{_STYLE}</style></head><body>
-<h1>Model comparison on the test split</h1>
+<h1>Model comparison: {e(best)} chosen</h1>
 <p><b>Choice:</b> {e(result['explanation'])}</p>
+<p><b>How it was chosen:</b> on the val split ({result['num_val_examples']} images), by val {e(metric)}; a tie
+goes to the simpler stage (frozen, then finetuned, then scratch). The test split ({result['num_test_examples']}
+images) is only reported: it took no part in the choice, so the test figures below are not inflated by it.</p>
 <p><b>Transfer vs scratch:</b> {e(result['transfer_vs_scratch']['line'])}</p>
-<p class="note">{result['num_test_examples']} test images, {len(result['classes'])} classes; top-k with k={result['top_k']};
-selection metric: {e(result['selection_metric'])}. Latency: CPU, compiled tf.function, median / p90 over
-{result['latency_repeats']} runs.</p>
+{warnings}
+<p class="note">{len(classes)} classes; top-k with k={result['top_k']}. Latency: CPU, compiled tf.function,
+median / p90 over {result['latency_repeats']} runs.</p>
 <h2>Comparison</h2>
-<table><tr><th>stage</th>{head}<th>ms/image, batch 1</th><th>ms/image, batch 32</th></tr>
+<table><tr><th>stage</th><th>val {e(metric)} (chooses)</th>{head}
+<th>ms/image, batch 1</th><th>ms/image, batch 32</th></tr>
 {''.join(rows)}</table>
-<h2>Training curves</h2>{curves}
-<h2>Confusion matrix of {e(best)}</h2><img src='{confusion_uri}' alt='confusion matrix of {e(best)}'>
-<h2>Per-class metrics of {e(best)}</h2>
+<h2>Calibration (test): reliability diagrams and ECE</h2>
+<p class="note">ECE (expected calibration error) is the gap between confidence and accuracy, averaged over 15
+confidence bins weighted by their share of images. Bars below the diagonal: over-confident in that bin.</p>
+{_img(figures['reliability'], 'reliability diagrams of all stages', 'No scored model.')}
+<h2>Training curves</h2>
+{_img(figures['curves'], 'training curves of all stages', 'No training history was available.')}
+<h2>Confusion matrix of {e(best)} (test)</h2>{_img(figures['confusion'], f'confusion matrix of {best}', '')}
+<h2>Precision-recall per class of {e(best)} (test)</h2>
+{_img(figures['precision_recall'], f'precision-recall curves of {best}', 'No class has test images.')}
+<h2>Per-class metrics of {e(best)} (test)</h2>
 <table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr>{class_rows}</table>
-<h2>Most confused class pairs of {e(best)}</h2>
+<h2>Most confused class pairs of {e(best)} (test)</h2>
 {'<ul>' + ''.join(confused) + '</ul>' if confused else '<p class="note">No misclassified test images.</p>'}
 </body></html>
 """
