@@ -22,6 +22,7 @@ def ingest_op(
     max_bad_fraction: float = 0.05,
     max_workers: int = 16,
     listing_fingerprint: str = "",
+    experiment: str = "fish-classification",
 ) -> int:
     """Validate, deduplicate, group and split the class-folder images under `data_uri` into `manifest`.
 
@@ -47,6 +48,8 @@ def ingest_op(
         max_workers: parallel reads (the S3 connection pool size).
         listing_fingerprint: from listing_fingerprint_op; unused by the work itself, it changes the step's
             cache key whenever the objects under `data_uri` change, so a cached manifest is never stale.
+        experiment: MLflow experiment of the pipeline's parent run, which gets these parameters and the
+            manifest data set (when MLFLOW_TRACKING_URI is set).
 
     Returns:
         The number of classes.
@@ -58,7 +61,8 @@ def ingest_op(
         dedupe=dedupe, near_duplicate_distance=near_duplicate_distance, group_pattern=group_pattern,
         expected_num_classes=expected_num_classes, min_images_per_class=min_images_per_class,
         allow_small_classes=allow_small_classes, max_image_pixels=max_image_pixels,
-        max_bad_fraction=max_bad_fraction, max_workers=max_workers,
+        max_bad_fraction=max_bad_fraction, max_workers=max_workers, experiment=experiment,
+        manifest_uri=manifest.uri,
     )
     manifest.metadata.update({
         "data_uri": data_uri,

@@ -16,8 +16,10 @@ from pathlib import Path
 from tlpipe.components.common import manifest
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.common.settings import S3Settings
 from tlpipe.components.ingest import report as reportlib
+from tlpipe.components.ingest import tracking
 from tlpipe.components.ingest.grouping import group_ids, reject_duplicates
 from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.ingest.reader import read_all
@@ -56,8 +58,14 @@ def ingest(
     max_workers: int = IngestParams.max_workers,
     max_object_bytes: int = IngestParams.max_object_bytes,
     settings: S3Settings | None = None,
+    experiment: str = DEFAULT_EXPERIMENT,
+    manifest_uri: str | None = None,
 ) -> IngestResult:
-    """Build the `manifest` artifact of the images under `data_uri` in `out_dir` (see module docstring)."""
+    """Build the `manifest` artifact of the images under `data_uri` in `out_dir` (see module docstring).
+
+    In a pipeline run with MLflow configured, its params and the manifest data set (`manifest_uri`: where the
+    artifact lives, default `out_dir`) go on the pipeline's parent run in `experiment` (tracking.py).
+    """
     params = IngestParams(
         train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio, dedupe=dedupe,
         near_duplicate_distance=near_duplicate_distance, group_pattern=group_pattern,
@@ -115,4 +123,5 @@ def ingest(
     }, classes)
     log.info("manifest: %d images, %d classes, %d groups, splits %s, %d rejected; wrote %s",
              len(accepted), len(classes), report["num_groups"], report["per_split"], len(rejected), out_dir)
+    tracking.log_manifest(out_dir, data_uri, params, digest, manifest_uri, experiment)
     return IngestResult(out_dir, classes, len(accepted), report["num_groups"], report["per_split"], digest, report)

@@ -55,7 +55,7 @@ def train_frozen_op(examples: Input[Dataset], model: Output[Model], backbone: st
                          seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha, weights=weights,
                          dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
     result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
-                               checkpoint_uri=checkpoint_uri_for(model.uri))
+                               checkpoint_uri=checkpoint_uri_for(model.uri), examples_uri=examples.uri)
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
@@ -99,7 +99,8 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
                          early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
                          seed=seed, unfreeze_layers=unfreeze_layers)
     result = core.finetune(examples.path, frozen_model.path, model.path, params, experiment=experiment,
-                           kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri_for(model.uri))
+                           kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri_for(model.uri),
+                           examples_uri=examples.uri)
     model.metadata.update(result.metadata)
     return result.val_accuracy
 
@@ -145,6 +146,6 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
                          seed=seed, backbone=backbone, alpha=alpha, weights=None,
                          dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
     result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
-                                checkpoint_uri=checkpoint_uri_for(model.uri))
+                                checkpoint_uri=checkpoint_uri_for(model.uri), examples_uri=examples.uri)
     model.metadata.update(result.metadata)
     return result.val_accuracy

@@ -2,8 +2,10 @@
 
 Each stage reads an `examples` artifact, trains with a resumable per-epoch loop (checkpoint.py), early stopping
 on val loss or val accuracy with best-weights restore (for finetune, the frozen-stage model it starts from is a
-candidate too), logs a nested MLflow run (tracking.py), and writes the `model` artifact (outputs.py). The
-models are built in trainer.py, the inputs (images or cached features) in features.py.
+candidate too), logs an MLflow run (tracking.py: nested under the pipeline's parent run in a pipeline run;
+its data sets are the train and val examples, with `examples_uri` as their source when given), and writes the
+`model` artifact (outputs.py). The models are built in trainer.py, the inputs (images or cached features) in
+features.py.
 """
 
 from __future__ import annotations
@@ -42,25 +44,25 @@ class StageResult:
 
 def train_frozen(examples_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
                  experiment: str = DEFAULT_EXPERIMENT, kfp_run_id: str = "local",
-                 checkpoint_uri: str | None = None) -> StageResult:
+                 checkpoint_uri: str | None = None, examples_uri: str | None = None) -> StageResult:
     """Frozen pretrained backbone + new head (optionally on cached backbone features)."""
     params = params or TrainParams()
     return _run_stage("train_frozen", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri)
+                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri, examples_uri=examples_uri)
 
 
 def train_scratch(examples_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
                   experiment: str = DEFAULT_EXPERIMENT, kfp_run_id: str = "local",
-                  checkpoint_uri: str | None = None) -> StageResult:
+                  checkpoint_uri: str | None = None, examples_uri: str | None = None) -> StageResult:
     """The same architecture with random weights, everything trainable (BatchNorm in training mode)."""
     params = replace(params or TrainParams(), weights=None, feature_cache="off")
     return _run_stage("train_scratch", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri)
+                      kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri, examples_uri=examples_uri)
 
 
 def finetune(examples_dir, frozen_model_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
              experiment: str = DEFAULT_EXPERIMENT, kfp_run_id: str = "local",
-             checkpoint_uri: str | None = None) -> StageResult:
+             checkpoint_uri: str | None = None, examples_uri: str | None = None) -> StageResult:
     """Continue the frozen-stage model with its last `unfreeze_layers` non-BN backbone layers trainable.
 
     It trains `finetune_epochs` epochs at `finetune_learning_rate`.
@@ -74,11 +76,13 @@ def finetune(examples_dir, frozen_model_dir, out_dir, params: TrainParams | None
                          f"the examples artifact {examples_dir} has {classes}")
     params = replace(params, extra={**params.extra, "frozen_model": str(frozen_model_dir)})
     return _run_stage("finetune", examples_dir, out_dir, params, track=track, experiment=experiment,
-                      kfp_run_id=kfp_run_id, frozen_model_dir=frozen_model_dir, checkpoint_uri=checkpoint_uri)
+                      kfp_run_id=kfp_run_id, frozen_model_dir=frozen_model_dir, checkpoint_uri=checkpoint_uri,
+                      examples_uri=examples_uri)
 
 
 def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool, experiment: str,
-               kfp_run_id: str, frozen_model_dir=None, checkpoint_uri: str | None = None) -> StageResult:
+               kfp_run_id: str, frozen_model_dir=None, checkpoint_uri: str | None = None,
+               examples_uri: str | None = None) -> StageResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +106,7 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
         if run is not None and state["mlflow_run_id"] is None:
             state["mlflow_run_id"] = run.info.run_id
             tracking.log_params(stage, params, backbone, len(classes), image_size, inputs.num_train)
+            tracking.log_inputs(stage, params, examples_dir, examples_uri, kfp_run_id, experiment)
         if stage == "finetune" and state["best"] is None:
             _score_start(stage, trainer, inputs, checkpoint, state)
         _epochs(stage, params, trainer, inputs, checkpoint, state, run is not None)

@@ -1,17 +1,21 @@
-"""MLflow of a stage (docs/DESIGN.md, "MLflow layout"): its nested run, params, per-epoch metrics and results."""
+"""MLflow of a stage (docs/DESIGN.md, "MLflow layout"): its nested run, params, data sets, per-epoch metrics and
+results; and the pipeline parameters it owns on the pipeline's parent run."""
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from tlpipe.components.common import model_artifact
+from tlpipe.components.common import examples, mlflow_utils, model_artifact
+from tlpipe.components.common.hashing import sha256_file
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.train.params import TOP_K, TrainParams
 
 log = get_logger("train")
 
 EPOCH_METRICS = ("train_accuracy", "train_loss", "val_accuracy", "val_loss")
+CONTEXTS = {"train": "training", "val": "validation"}  # the examples' splits a stage reads, as MLflow contexts
 
 
 @contextmanager
@@ -21,8 +25,6 @@ def tracking(stage: str, state: dict, track: bool, experiment: str, kfp_run_id: 
         yield None
         return
     import mlflow
-
-    from tlpipe.components.common import mlflow_utils
 
     mlflow_utils.connect()
     if state.get("mlflow_run_id"):
@@ -51,6 +53,58 @@ def log_params(stage: str, p: TrainParams, backbone: str, num_classes: int, imag
         params.update(alpha=p.alpha, dense_units=list(p.dense_units), dropouts=list(p.dropouts),
                       feature_cache=p.feature_cache)
     mlflow.log_params(params)
+
+
+def parent_params(stage: str, p: TrainParams) -> dict:
+    """The pipeline parameters `stage` owns, under the pipeline's names (`train.<name>` for the others).
+
+    Only those whose value is the same in every stage that logs them (MLflow params are write-once):
+    finetune logs its finetune_*, frozen and scratch epochs, learning_rate and the architecture, frozen alone
+    weights and feature_cache (scratch trains without them).
+    """
+    params = {"batch_size": p.batch_size, "augment": p.augment, "seed": p.seed,
+              "early_stopping_patience": p.early_stopping_patience,
+              "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights}
+    if stage == "finetune":
+        return params | {"finetune_epochs": p.finetune_epochs, "finetune_learning_rate": p.finetune_learning_rate,
+                         "unfreeze_layers": p.unfreeze_layers}
+    params |= {"epochs": p.epochs, "learning_rate": p.learning_rate, "backbone": p.backbone, "alpha": p.alpha,
+               "train.dense_units": list(p.dense_units), "train.dropouts": list(p.dropouts)}
+    if stage == "train_frozen":
+        params |= {"weights": _weights_label(p.weights, stage), "feature_cache": p.feature_cache}
+    return params
+
+
+def log_inputs(stage: str, p: TrainParams, examples_dir, examples_uri: str | None, kfp_run_id: str,
+               experiment: str) -> None:
+    """The train and val examples as data sets of the stage's run; its pipeline parameters on the parent."""
+    import mlflow
+    import numpy as np
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.types import Schema, TensorSpec
+
+    doc = examples.read_schema(examples_dir)
+    size = int(doc["image_size"])
+    schema = Schema([TensorSpec(np.dtype("uint8"), (-1, size, size, 3), "image"),
+                     TensorSpec(np.dtype("int64"), (-1,), "label")])
+    inputs = []
+    for split, context in CONTEXTS.items():
+        sha256 = split_sha256(examples_dir, split)
+        source = mlflow_utils.dataset_source(examples_uri and f"{examples_uri.rstrip('/')}/{split}",
+                                             Path(examples_dir) / split)
+        dataset = MetaDataset(source, name=f"examples-{split}", digest=sha256[:mlflow_utils.DIGEST_CHARS],
+                              schema=schema)
+        inputs.append(mlflow_utils.dataset_input(dataset, context, sha256, {"num_examples": doc["num_examples"][split]}))
+    mlflow.tracking.MlflowClient().log_inputs(mlflow.active_run().info.run_id, datasets=inputs)
+    mlflow_utils.log_to_parent(kfp_run_id, experiment, params=parent_params(stage, p))
+
+
+def split_sha256(examples_dir, split: str) -> str:
+    """Content hash of one split of an `examples` artifact: sha256 over its shards' names and sha256s."""
+    digest = hashlib.sha256()
+    for path in examples.split_files(examples_dir, split):
+        digest.update(f"{Path(path).name} {sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def _weights_label(weights: str | None, stage: str) -> str:

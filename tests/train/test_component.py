@@ -51,6 +51,13 @@ def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, s
                                   f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
     runs = {r.data.tags["stage"]: r for r in children}
     assert set(runs) == {"train_frozen", "finetune"}
+    # each stage put the pipeline parameters it owns on the parent run, under the pipeline's names
+    on_parent = parent[0].data.params
+    assert {k: on_parent[k] for k in ("batch_size", "epochs", "learning_rate", "feature_cache", "weights",
+                                      "finetune_epochs", "unfreeze_layers", "finetune_learning_rate")} == {
+        "batch_size": "8", "epochs": "3", "learning_rate": "0.003", "feature_cache": "on",
+        "weights": str(tiny_backbone), "finetune_epochs": "2", "unfreeze_layers": "2",
+        "finetune_learning_rate": "1e-05"}
     for stage, run in runs.items():
         assert run.data.metrics["final_val_accuracy"] == returned[stage] == models[stage]["metadata"]["val_accuracy"]
         assert run.info.run_id == models[stage]["metadata"]["mlflow_run_id"]
@@ -66,6 +73,9 @@ def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, s
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(epochs))
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
             "class_indices.json", "history.json", "curves.png"}
+        contexts = {i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+                    for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert contexts == {"examples-train": "training", "examples-val": "validation"}
         info = mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model")
         assert info.signature is not None and info.saved_input_example_info is not None
     assert runs["finetune"].data.params["unfreeze_layers"] == "2"

@@ -24,7 +24,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-mlflow", dest="track", action="store_false",
                         help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
-    parser.add_argument("--kfp-run-id", default="local", help="pipeline run whose parent MLflow run to nest under")
+    parser.add_argument("--kfp-run-id", default="local",
+                        help="pipeline run whose parent MLflow run to nest under (default: $KFP_RUN_ID; with "
+                             "neither, the stage's run is a top-level run with no parent)")
     parser.add_argument("--checkpoint-uri", default=None,
                         help="s3:// prefix mirroring the per-epoch checkpoint (resume on another machine)")
 
