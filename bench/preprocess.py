@@ -65,10 +65,10 @@ def make_images(s3, bucket: str, count: int, folder: Path) -> Path:
 
 def python_loop(manifest: Path, out: Path, size: int) -> int:
     """The same work without Spark: one process, one object after another."""
-    from tlpipe.components.common import examples
+    from tlpipe.components.common import examples, images
     from tlpipe.components.common import manifest as manifest_artifact
     from tlpipe.components.common import s3 as s3lib
-    from tlpipe.components.preprocess import images
+    from tlpipe.components.preprocess.params import PreprocessParams
 
     df, _, _ = manifest_artifact.read(str(manifest))
     s3 = s3lib.client()
@@ -82,7 +82,8 @@ def python_loop(manifest: Path, out: Path, size: int) -> int:
                 data = response.read()
                 response.close()
                 response.release_conn()
-                yield examples.encode_example(images.process(data, size), int(label), sha.encode())
+                jpeg = images.process(data, size, PreprocessParams.resize_mode, PreprocessParams.jpeg_quality)
+                yield examples.encode_example(jpeg, int(label), sha.encode())
 
         examples.write_tfrecord(out / split / examples.shard_name(0), records())
     return len(df)

@@ -52,12 +52,14 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str,
     Ingest's `split_groups` (groups = video ids, stratified per class, train/val/test 0.7/0.15/0.15 by
     default) keeps every video whole in one split and each split near its share of every class; another
     `split_salt` gives another such split (test accuracy swings by ~0.07 between them here). Images go
-    through preprocess's `images.process` (squash to image_size, JPEG quality 95).
+    through `common.images.process` with preprocess's defaults (squash to image_size, JPEG quality 95),
+    recorded in schema.json as preprocess records them.
     """
-    from tlpipe.components.common import examples
+    from tlpipe.components.common import examples, images
     from tlpipe.components.ingest.split import split_groups
-    from tlpipe.components.preprocess.images import process
+    from tlpipe.components.preprocess.params import PreprocessParams
 
+    resize_mode, quality = PreprocessParams.resize_mode, PreprocessParams.jpeg_quality
     classes = sorted(p.name for p in src.iterdir() if p.is_dir())
     frames: dict[str, list[tuple[int, Path]]] = defaultdict(list)
     for label, name in enumerate(classes):
@@ -70,7 +72,7 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str,
     records: dict[str, list[bytes]] = defaultdict(list)
     for vid, video_frames in sorted(frames.items()):
         for label, path in video_frames:
-            data = process(path.read_bytes(), image_size)
+            data = images.process(path.read_bytes(), image_size, resize_mode, quality)
             records[assignment[vid]].append(
                 examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
     counts = {}
@@ -79,7 +81,8 @@ def write_fish_examples(src: Path, dst: Path, image_size: int, ratios: dict[str,
         random.Random(seed).shuffle(rows)
         counts[split] = examples.write_tfrecord(dst / split / examples.shard_name(0), rows)
     examples.write_schema(dst, image_size=image_size, channels=3, num_examples=counts, classes=classes,
-                          num_shards={s: 1 for s in examples.SPLITS}, source="fish-egu2017, split by video")
+                          num_shards={s: 1 for s in examples.SPLITS}, resize_mode=resize_mode, jpeg_quality=quality,
+                          source="fish-egu2017, split by video")
     return dst
 
 

@@ -77,7 +77,8 @@ def write_examples(
             data = buf.getvalue()
             records.append(examples.encode_example(data, label, hashlib.sha256(data).hexdigest().encode()))
         counts[split] = examples.write_tfrecord(folder / split / examples.shard_name(0), records)
-    examples.write_schema(folder, image_size=size, channels=3, num_examples=counts,
+    examples.write_schema(folder, image_size=size, channels=3, num_examples=counts, resize_mode="squash",
+                          jpeg_quality=90,
                           classes=[f"class_{k:02d}" for k in range(num_classes)],
                           num_shards={split: 1 for split in per_split})
     return folder

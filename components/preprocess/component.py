@@ -18,6 +18,7 @@ def preprocess_op(
     spark_options: dict = {},  # noqa: B006  (KFP needs a literal default; never mutated)
     jpeg_quality: int = 95,
     spark_image: str = "",
+    experiment: str = "fish-classification",
 ) -> int:
     """Decode, convert to RGB and resize the manifest's images into TFRecord `examples` with Spark.
 
@@ -37,6 +38,8 @@ def preprocess_op(
         jpeg_quality: JPEG quality (1..100) of the stored images.
         spark_image: image of the k8s backend's SparkApplication (the pipeline passes its `spark` image);
             spark_options `image` wins over it.
+        experiment: MLflow experiment of the pipeline's parent run, which gets these parameters (when
+            MLFLOW_TRACKING_URI is set).
 
     Returns:
         The number of train examples.
@@ -50,6 +53,7 @@ def preprocess_op(
         image_size=image_size, resize_mode=resize_mode, num_shards=num_shards,
         max_bad_fraction=max_bad_fraction, spark_backend=spark_backend, spark_master=spark_master,
         spark_options=dict(spark_options), jpeg_quality=jpeg_quality, spark_image=spark_image,
+        experiment=experiment,
     )
     examples.metadata.update({
         "num_examples": schema["num_examples"],

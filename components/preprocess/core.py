@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tlpipe.components.common import mlflow_utils
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.examples import SCHEMA_FILE
 from tlpipe.components.common.log import get_logger
@@ -27,6 +29,7 @@ LOCAL_OPTIONS = {
     "partitions": "decode partitions, 0 = automatic (default)",
     "conf": "extra Spark settings, {key: value}",
 }
+SECRET_NAME = re.compile(r"secret|password|token|credential|key", re.IGNORECASE)  # spark_options not logged as is
 
 
 @contextmanager
@@ -61,14 +64,24 @@ def preprocess(manifest: str, output: str, image_size: int = PreprocessParams.im
                spark_backend: str = PreprocessParams.spark_backend,
                spark_master: str = PreprocessParams.spark_master, spark_options: dict | None = None,
                jpeg_quality: int = PreprocessParams.jpeg_quality,
-               spark_image: str = PreprocessParams.spark_image) -> dict:
-    """Manifest artifact -> examples artifact at `output`; returns its schema.json as a dict."""
+               spark_image: str = PreprocessParams.spark_image,
+               experiment: str = mlflow_utils.DEFAULT_EXPERIMENT) -> dict:
+    """Manifest artifact -> examples artifact at `output`; returns its schema.json as a dict.
+
+    In a pipeline run with MLflow configured, the params go on the pipeline's parent run in `experiment`.
+    """
     options = dict(spark_options or {})
     backend = check_backend(spark_backend)
     config = job.JobConfig(manifest=str(manifest), output=str(output), image_size=image_size,
                            resize_mode=resize_mode, num_shards=num_shards, max_bad_fraction=max_bad_fraction,
                            jpeg_quality=jpeg_quality, partitions=int(options.pop("partitions", 0) or 0))
     config.validate()
+    if mlflow_utils.connect_step("preprocess"):
+        mlflow_utils.log_to_parent("", experiment, params={
+            "image_size": image_size, "resize_mode": resize_mode, "spark_backend": backend,
+            "spark_options": json.dumps(_redacted(spark_options or {}), sort_keys=True),
+            "preprocess.num_shards": num_shards, "preprocess.max_bad_fraction": max_bad_fraction,
+            "preprocess.jpeg_quality": jpeg_quality})
     if backend == "local":
         check_options(options, LOCAL_OPTIONS, backend)
         with local_session(spark_master, str(options.get("driver_memory", "1g")),
@@ -87,3 +100,9 @@ def preprocess(manifest: str, output: str, image_size: int = PreprocessParams.im
 
         k8s.run_job(config, k8s.K8sOptions.from_dict(options, spark_image))
     return json.loads(job.read_bytes(f"{config.output.rstrip('/')}/{SCHEMA_FILE}"))
+
+
+def _redacted(options: dict) -> dict:
+    """spark_options with the values of secret-looking keys (at any depth, e.g. in `conf`) as ***."""
+    return {k: "***" if SECRET_NAME.search(str(k)) else _redacted(v) if isinstance(v, dict) else v
+            for k, v in options.items()}

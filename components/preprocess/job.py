@@ -24,11 +24,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tlpipe.components.common import examples, manifest
+from tlpipe.components.common import examples, images, manifest
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.settings import S3Settings
-from tlpipe.components.preprocess import images
 from tlpipe.components.preprocess.params import PreprocessParams, check_resize_mode
 
 log = get_logger("preprocess")

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tlpipe.components.preprocess import images
-from tlpipe.components.preprocess.params import RESIZE_MODES
+from tlpipe.components.common import images
+from tlpipe.components.preprocess.params import RESIZE_MODES, PreprocessParams
+
+
+def process(data: bytes, size: int) -> bytes:
+    """images.process with preprocess's defaults (resize_mode, jpeg_quality)."""
+    return images.process(data, size, PreprocessParams.resize_mode, PreprocessParams.jpeg_quality)
 
 
 def _encoded(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -26,16 +31,16 @@ def _decoded(jpeg: bytes) -> np.ndarray:
 
 def test_sixteen_bit_grey_is_scaled_not_clipped():
     grey = np.full((30, 40), 128 * 257, dtype=np.uint16)  # mid grey in 16 bits
-    out = _decoded(images.process(_encoded(Image.fromarray(grey), "PNG"), 16))
+    out = _decoded(process(_encoded(Image.fromarray(grey), "PNG"), 16))
     assert out.shape == (16, 16, 3)
     assert abs(out.mean() - 128) < 3  # a naive convert("RGB") clips this to 255
 
 
 def test_alpha_is_flattened_on_white_and_cmyk_keeps_colour():
     transparent = Image.new("RGBA", (20, 20), (255, 0, 0, 0))
-    assert _decoded(images.process(_encoded(transparent, "PNG"), 8)).min() > 245
+    assert _decoded(process(_encoded(transparent, "PNG"), 8)).min() > 245
     red_cmyk = Image.new("RGB", (32, 32), (220, 20, 20)).convert("CMYK")
-    pixel = _decoded(images.process(_encoded(red_cmyk, "JPEG", quality=95), 16))[8, 8]
+    pixel = _decoded(process(_encoded(red_cmyk, "JPEG", quality=95), 16))[8, 8]
     assert pixel[0] > 180 and pixel[1] < 70 and pixel[2] < 70
 
 
@@ -43,10 +48,10 @@ def test_palette_greyscale_and_gif_first_frame():
     frames = [Image.new("P", (24, 24), color) for color in (10, 200)]
     gif = io.BytesIO()
     frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:])
-    out = _decoded(images.process(gif.getvalue(), 12))
+    out = _decoded(process(gif.getvalue(), 12))
     first = np.asarray(frames[0].convert("RGB"), dtype=np.int16)[0, 0]
     assert np.abs(out[6, 6] - first).max() < 12
-    assert _decoded(images.process(_encoded(Image.new("L", (9, 30), 77), "PNG"), 10)).shape == (10, 10, 3)
+    assert _decoded(process(_encoded(Image.new("L", (9, 30), 77), "PNG"), 10)).shape == (10, 10, 3)
 
 
 def test_exif_orientation_is_applied():
@@ -75,9 +80,21 @@ def test_resize_modes(mode):
         assert out[2, 16].max() < 10 and out[16, 16][1] > 150
 
 
+def test_preprocess_offers_the_resize_modes_the_implementation_knows():
+    assert RESIZE_MODES == images.RESIZE_MODES
+
+
+def test_to_array_is_the_decoded_example_record():
+    photo = Image.new("RGB", (90, 50), (10, 120, 230))
+    data = _encoded(photo, "PNG")
+    array = images.to_array(data, 24, "pad", 95)
+    assert array.dtype == np.uint8 and array.shape == (24, 24, 3)
+    assert np.array_equal(array, np.asarray(Image.open(io.BytesIO(images.process(data, 24, "pad", 95)))))
+
+
 def test_bad_input_raises():
     with pytest.raises(ValueError, match="resize_mode must be one of"):
         images.resize(Image.new("RGB", (4, 4)), 4, "stretch")
     truncated = _encoded(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]
     with pytest.raises(OSError):
-        images.process(truncated, 16)
+        process(truncated, 16)

@@ -42,12 +42,15 @@ def _version_info(client, name: str, ref: str) -> dict:
 
 
 def list_models(args: argparse.Namespace) -> int:
-    """Registered models (no name) or the versions of one model, newest first."""
+    """Registered models (no name; not the registry locks) or the versions of one model, newest first."""
     from tlpipe.components.common.log import get_logger
+    from tlpipe.components.register import registry
 
     client = _client()
     if not args.name:
         for model in client.search_registered_models():
+            if registry.is_lock_model(model):
+                continue
             aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((model.aliases or {}).items()))
             print(f"{model.name:<30} {aliases or '(no aliases)'}")
         return 0
@@ -80,7 +83,7 @@ def promote(args: argparse.Namespace) -> int:
     """Point `champion` at a version by hand (recorded in the champion history, so rollback undoes it)."""
     from tlpipe.components.register import registry
 
-    previous = registry.move_champion(_client(), args.name, args.version)
+    previous = registry.promote(_client(), args.name, args.version, timeout=_lock_timeout(args))
     print(f"{args.name}: champion {('v' + previous) if previous else '(none)'} -> v{args.version}")
     return 0
 
@@ -89,7 +92,7 @@ def rollback(args: argparse.Namespace) -> int:
     """Move `champion` back to the version that held it before."""
     from tlpipe.components.register import registry
 
-    current, target = registry.rollback(_client(), args.name)
+    current, target = registry.rollback(_client(), args.name, timeout=_lock_timeout(args))
     print(f"{args.name}: champion v{current} -> v{target} (rolled back)")
     return 0
 
@@ -108,6 +111,18 @@ def _guarded(handler):
             print(f"tlpipe models {args.models_command}: {exc}", file=sys.stderr)
             return 1
     return run
+
+
+def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
+                        help="how long to wait for a concurrent promote, rollback or register of the "
+                             "model to finish (default: registry.LOCK_TIMEOUT_S, 10 minutes)")
+
+
+def _lock_timeout(args: argparse.Namespace) -> float:
+    from tlpipe.components.register import registry
+
+    return registry.LOCK_TIMEOUT_S if args.lock_timeout is None else args.lock_timeout
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -129,8 +144,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = models.add_parser("promote", help="make a version the champion (the previous one is remembered)")
     p.add_argument("name", help=NAME_HELP)
     p.add_argument("version", help="version number to promote")
+    _lock_timeout_option(p)
     p.set_defaults(func=_guarded(promote))
 
     p = models.add_parser("rollback", help="give the champion alias back to the previous champion")
     p.add_argument("name", help=NAME_HELP)
+    _lock_timeout_option(p)
     p.set_defaults(func=_guarded(rollback))

@@ -1,4 +1,9 @@
-"""Decode any accepted image to RGB, apply its EXIF orientation, resize to a square, encode as JPEG."""
+"""One image as training sees it: decode, EXIF orientation, RGB, resize to a square, JPEG.
+
+The one implementation of that preparation: preprocess makes the `examples` with it, and the served model
+(components/register/serving.py) prepares every request image with it, with the `image_size`, `resize_mode`
+and `jpeg_quality` recorded in the examples' schema.json.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,7 @@ import io
 import numpy as np
 from PIL import Image, ImageOps
 
-from tlpipe.components.preprocess.params import PreprocessParams, check_resize_mode
-
+RESIZE_MODES = ("squash", "center-crop", "pad")  # the same as preprocess's params.py (a test compares them)
 PAD_COLOR = (0, 0, 0)
 _RESAMPLE = Image.Resampling.BICUBIC
 
@@ -48,9 +52,10 @@ def load_rgb(data: bytes, target: int | None = None) -> Image.Image:
     return to_rgb(img)
 
 
-def resize(img: Image.Image, size: int, resize_mode: str = PreprocessParams.resize_mode) -> Image.Image:
+def resize(img: Image.Image, size: int, resize_mode: str) -> Image.Image:
     """Make `img` size×size: stretch (`squash`), crop the centre square (`center-crop`) or letterbox (`pad`)."""
-    check_resize_mode(resize_mode)
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     if resize_mode == "squash":
         return img.resize((size, size), _RESAMPLE, reducing_gap=3.0)
     if resize_mode == "center-crop":
@@ -58,10 +63,14 @@ def resize(img: Image.Image, size: int, resize_mode: str = PreprocessParams.resi
     return ImageOps.pad(img, (size, size), _RESAMPLE, color=PAD_COLOR)
 
 
-def process(data: bytes, size: int, resize_mode: str = PreprocessParams.resize_mode,
-            quality: int = PreprocessParams.jpeg_quality) -> bytes:
-    """Encoded image bytes -> JPEG bytes of an RGB size×size image."""
+def process(data: bytes, size: int, resize_mode: str, quality: int) -> bytes:
+    """Encoded image bytes -> JPEG bytes of an RGB size×size image (what an `examples` record holds)."""
     img = resize(load_rgb(data, size), size, resize_mode)
     out = io.BytesIO()
     img.save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+def to_array(data: bytes, size: int, resize_mode: str, quality: int) -> np.ndarray:
+    """Encoded image bytes -> the uint8 [size, size, 3] array training reads: `process`, then decoded."""
+    return np.asarray(Image.open(io.BytesIO(process(data, size, resize_mode, quality))).convert("RGB"))
