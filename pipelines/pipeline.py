@@ -163,7 +163,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             spark_options: options of the Spark backend (components/preprocess/README.md lists them).
             run_finetune: train the fine-tuning stage.
             run_scratch_baseline: train the from-scratch baseline.
-            selection_metric: the test metric that chooses the best stage (e.g. accuracy, macro_f1, log_loss).
+            selection_metric: the val metric that chooses the best stage (e.g. accuracy, macro_f1, log_loss);
+                test metrics are only reported.
             top_k: k of the top-k accuracy.
             registered_model_name: the MLflow registered model that gets the new version.
             min_improvement: how much the new model must beat the champion by to become champion.
@@ -176,10 +177,11 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         listing = connected(fingerprint(data_uri=data_uri), "listing-fingerprint", cache=False)
         manifest = connected(ingest(
             data_uri=data_uri, listing_fingerprint=listing.output, expected_num_classes=num_classes,
-            group_pattern=group_pattern, dedupe=dedupe), "ingest").outputs["manifest"]
+            group_pattern=group_pattern, dedupe=dedupe, experiment=experiment), "ingest").outputs["manifest"]
         prep = sized(connected(preprocess(
             manifest=manifest, image_size=image_size, resize_mode=resize_mode, spark_backend=spark_backend,
-            spark_options=spark_options, spark_image=images.for_step("preprocess")), "preprocess", retries=2), resources.preprocess_cpu,
+            spark_options=spark_options, spark_image=images.for_step("preprocess"), experiment=experiment),
+            "preprocess", retries=2), resources.preprocess_cpu,
             resources.preprocess_memory)
         examples = prep.outputs["examples"]
 
