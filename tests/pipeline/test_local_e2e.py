@@ -1,12 +1,20 @@
 """End to end: `tlpipe local` runs all seven steps against the real embedded stack and registers a champion;
-an identical second run is served from the step cache and adds no model version."""
+then what a user looks at is checked (the report's curves, the version's links, the served answer, the MLflow
+runs); an identical second run is served from the step cache and adds no model version."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import mlflow
+import pandas as pd
 from mlflow import MlflowClient
 
 from tlpipe.cli.main import main
+from tlpipe.components.common import model_artifact
 from tlpipe.components.common.synthetic import write_dataset
+from tlpipe.components.evaluate import report
 
 MODEL = "e2e-fish"
 TRAINING_STAGES = ("train_frozen", "finetune", "train_scratch")
@@ -36,7 +44,50 @@ def test_local_pipeline_registers_a_champion_then_reuses_the_cache(stack, tmp_pa
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
     trained = _training_runs("e2e")
     assert trained == 3
+    _check_what_the_user_sees(client, tmp_path / "root", data, os.environ["KFP_RUN_ID"])
 
     assert main(argv) == 0  # same data, same parameters
     assert [v.version for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
     assert _training_runs("e2e") == trained, "the second run trained again instead of using the step cache"
+
+
+def _check_what_the_user_sees(client, root: Path, images: list[Path], kfp_run_id: str) -> None:
+    # the report's curves: one point per epoch that each stage recorded in its history.json
+    runs = sorted(root.glob("transfer-learning-image-classifier-*"))
+    histories = {stage: model_artifact.read_history(runs[-1] / f"{step}-op" / "model")
+                 for stage, step in (("frozen", "train-frozen"), ("finetuned", "finetune"),
+                                     ("scratch", "train-scratch"))}
+    figure = report.curves_figure(report.training_series(histories))
+    lines = [(ax.get_title(), line.get_ydata().tolist()) for ax in figure.axes for line in ax.get_lines()]
+    for stage, history in histories.items():
+        rows = history["epochs"]
+        assert rows, stage
+        plotted = [y for title, y in lines if title == f"{stage}: accuracy"]
+        assert plotted == [[r["train_accuracy"] for r in rows], [r["val_accuracy"] for r in rows]], stage
+    assert (runs[-1] / "evaluate-op" / "report.html").is_file()
+
+    # the version links back to this pipeline run and to a LoggedModel of the training run
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    assert version.tags["kfp_run_id"] == kfp_run_id
+    model_id = version.tags["model_id"]
+    assert version.source == f"models:/{model_id}"
+    logged = client.get_logged_model(model_id)
+    assert client.get_run(logged.source_run_id).data.tags["stage"] in TRAINING_STAGES
+
+    # the served champion answers with a class of the data set
+    answer = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion").predict(
+        pd.DataFrame({"image": [images[0].read_bytes()]}))
+    classes = sorted({p.parent.name for p in images})
+    assert answer["label"].iloc[0] in classes
+    assert {entry["label"] for entry in answer["top_k"].iloc[0]} <= set(classes)
+
+    # the parent run carries the parameters and the result; nothing is left RUNNING
+    exp = client.get_experiment_by_name("e2e")
+    (parent,) = client.search_runs([exp.experiment_id], f"tags.kfp_run_id = '{kfp_run_id}' and "
+                                                        "tags.`tlpipe.role` = 'pipeline'")
+    assert parent.data.params["image_size"] == "32" and parent.data.params["finetune_epochs"] == "1"
+    assert parent.data.params["best_stage"] in ("frozen", "finetuned", "scratch")
+    assert "test_accuracy" in parent.data.metrics and "val_accuracy" in parent.data.metrics
+    assert [i.dataset.name for i in parent.inputs.dataset_inputs] == ["manifest"]
+    running = client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
+    assert not running, [r.info.run_name for r in running]
