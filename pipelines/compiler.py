@@ -9,17 +9,22 @@ from google.protobuf import json_format
 from kfp import compiler
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from tlpipe.pipelines.backends import DEFAULT_TARGET, TARGETS, required_backend
 from tlpipe.pipelines.pipeline import PIPELINE_NAME, build_pipeline
 from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
 
 def compile_pipeline(output: str | Path, images: ImageSettings | None = None,
-                     resources: ResourceSettings | None = None) -> Path:
-    """Compile the pipeline to YAML and validate it against the pipeline-spec protos (strict)."""
+                     resources: ResourceSettings | None = None, kfp_backend: str = DEFAULT_TARGET) -> Path:
+    """Compile the pipeline for the KFP backends of target `kfp_backend` (pipelines/backends.py) to YAML and
+    validate it against the pipeline-spec protos (strict) and the backend minimum its description states."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(images, resources), str(output))
+    compiler.Compiler().compile(build_pipeline(images, resources, kfp_backend), str(output))
     validate_pipeline_yaml(output)
+    if required_backend(output) != TARGETS[kfp_backend]:
+        raise ValueError(f"{output} needs KFP backend {required_backend(output)}, not the {TARGETS[kfp_backend]} "
+                         f"that target {kfp_backend} promises in its description")
     return output
 
 

@@ -1,17 +1,21 @@
 """The KFP pipeline `transfer-learning-image-classifier` (docs/DESIGN.md "Flow", §7).
 
-ingest -> preprocess -> train_frozen -> finetune (dsl.If run_finetune)
-                     \\-> train_scratch (dsl.If run_scratch_baseline)  -> evaluate -> register
+validate-parameters -> listing-fingerprint -> ingest -> preprocess -> train_frozen -> finetune
+                                                                  \\-> train_scratch  -> evaluate -> register
 
+validate-parameters checks every parameter first (tlpipe.pipelines.validation), so a bad value fails the run
+in seconds. A stage switched off (run_finetune / run_scratch_baseline false) still runs, as a task that only
+writes its placeholder `model`, so evaluate always receives three model artifacts: no dsl.If, no dsl.OneOf.
 Images come from one ImageSettings object; credentials from the Kubernetes Secret CREDENTIALS_SECRET
 (kfp-kubernetes use_secret_as_env), never from the YAML. The pipeline run id reaches the steps as $KFP_RUN_ID
 from the pod label `pipeline/runid`, not as a parameter, so that it does not defeat caching.
 """
 
+import inspect
 from typing import NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Metrics, Model, Output
+from kfp.dsl import HTML, Metrics
 
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
@@ -25,6 +29,7 @@ from tlpipe.components.register.component import register_op
 from tlpipe.components.register.params import RegisterParams
 from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op
 from tlpipe.components.train.params import TrainParams
+from tlpipe.pipelines import backends, validation
 from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
@@ -43,24 +48,37 @@ class PipelineOutputs(NamedTuple):
     report: HTML
 
 
-def skip_stage_op(stage: str, reason: str, model: Output[Model]):
-    """Write the placeholder `model` of a stage switched off (evaluate lists it as skipped).
+def validate_parameters_op(
+    data_uri: str, num_classes: int, image_size: int, batch_size: int, epochs: int, learning_rate: float,
+    unfreeze_layers: int, finetune_epochs: int, finetune_learning_rate: float, backbone: str, alpha: float,
+    weights: str, augment: bool, feature_cache: str, early_stopping_patience: int, early_stopping_monitor: str,
+    use_class_weights: bool, seed: int, group_pattern: str, dedupe: str, resize_mode: str, spark_backend: str,
+    spark_options: dict, run_finetune: bool, run_scratch_baseline: bool, selection_metric: str, top_k: int,
+    registered_model_name: str, min_improvement: float, experiment: str,
+):
+    """Check every pipeline parameter before any work starts; a bad one fails here, named in one line.
 
-    Args:
-        stage: the stage that was switched off (finetune or scratch).
-        reason: why, as evaluate reports it.
-        model: the placeholder: skipped.json only, no model (docs/DESIGN.md §4).
+    (The Args are the pipeline's own: build_pipeline copies them from the pipeline's docstring.)
     """
-    from tlpipe.components.common import model_artifact
+    parameters = dict(locals())
+    from tlpipe.pipelines.validation import validate_parameters
 
-    model_artifact.write_skipped(model.path, stage, reason)
-    model.metadata.update({"stage": stage, "skipped": True})
+    validate_parameters(parameters, check_files=False)
 
 
-def build_pipeline(images: ImageSettings | None = None, resources: ResourceSettings | None = None):
-    """The pipeline function: every step's image from `images`, CPU/memory/GPU of the heavy steps from `resources`."""
+def _args_section(docstring: str) -> str:
+    """The `Args:` section of a Google-style docstring."""
+    text = inspect.cleandoc(docstring)
+    return text[text.index("Args:"):text.index("Returns:")].rstrip()
+
+
+def build_pipeline(images: ImageSettings | None = None, resources: ResourceSettings | None = None,
+                   kfp_backend: str = backends.DEFAULT_TARGET):
+    """The pipeline function: every step's image from `images`, CPU/memory/GPU from `resources`, the
+    Kubernetes config in the shape the KFP backends of compile target `kfp_backend` accept (pipelines/backends.py)."""
     images = images or ImageSettings()
     resources = resources or ResourceSettings()
+    backends.check_target(kfp_backend)
     gpu = resources.gpu
 
     def step(fn, name: str):
@@ -73,7 +91,6 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     train_frozen = step(train_frozen_op, "train-frozen")
     finetune = step(finetune_op, "finetune")
     train_scratch = step(train_scratch_op, "train-scratch")
-    skip_stage = step(skip_stage_op, "skip-stage")
     evaluate = step(evaluate_op, "evaluate")
     register = step(register_op, "register")
 
@@ -82,7 +99,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         kubernetes.use_secret_as_env(task, secret_name=CREDENTIALS_SECRET,
                                      secret_key_to_env={k: k for k in ALL_ENV_VARS})
         kubernetes.use_field_path_as_env(task, env_name="KFP_RUN_ID", field_path=RUN_ID_LABEL)
-        task.set_display_name(name).set_caching_options(enable_caching=cache)
+        task.platform_config["kubernetes"] = backends.for_target(task.platform_config["kubernetes"], kfp_backend)
+        task.set_display_name(name).set_caching_options(enable_caching=cache).after(checked)
         if retries:
             task.set_retry(num_retries=retries, backoff_duration="60s", backoff_factor=2)
         return task
@@ -96,10 +114,9 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
         return task
 
-    @dsl.pipeline(name=PIPELINE_NAME)
     def transfer_learning_image_classifier(
-        data_uri: str = "s3://tlpipe/datasets/fish",
-        num_classes: int = 9,
+        data_uri: str = validation.DEFAULT_DATA_URI,
+        num_classes: int = IngestParams.expected_num_classes,
         image_size: int = PreprocessParams.image_size,
         batch_size: int = TrainParams.batch_size,
         epochs: int = TrainParams.epochs,
@@ -137,7 +154,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
 
         Args:
             data_uri: s3://bucket/prefix of the images, one folder per class under the prefix.
-            num_classes: the number of classes the data must have (ingest fails otherwise).
+            num_classes: the number of classes the data must have (ingest fails otherwise); 0: as many as the
+                data has.
             image_size: side in pixels the images are resized to for training.
             batch_size: training batch size of every stage.
             epochs: epochs of the frozen and the scratch stage (early stopping may end them sooner).
@@ -161,8 +179,9 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             resize_mode: squash, center-crop or pad.
             spark_backend: where the preprocessing Spark job runs: local, dataproc or k8s.
             spark_options: options of the Spark backend (components/preprocess/README.md lists them).
-            run_finetune: train the fine-tuning stage.
-            run_scratch_baseline: train the from-scratch baseline.
+            run_finetune: train the fine-tuning stage (false: its task only writes a placeholder that evaluate
+                lists as skipped).
+            run_scratch_baseline: train the from-scratch baseline (false: likewise).
             selection_metric: the val metric that chooses the best stage (e.g. accuracy, macro_f1, log_loss);
                 test metrics are only reported.
             top_k: k of the top-k accuracy.
@@ -174,6 +193,9 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             best_stage, model_version, promoted and decision of the registry gate, the comparison metrics and
             the HTML report.
         """
+        nonlocal checked
+        checked = validate(**{name: value for name, value in locals().items() if name in validation.PARAMETERS})
+        checked.set_display_name("validate-parameters")
         listing = connected(fingerprint(data_uri=data_uri), "listing-fingerprint", cache=False)
         manifest = connected(ingest(
             data_uri=data_uri, listing_fingerprint=listing.output, expected_num_classes=num_classes,
@@ -191,37 +213,35 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         frozen = trainer(train_frozen(
             backbone=backbone, alpha=alpha, weights=weights, epochs=epochs, learning_rate=learning_rate,
             feature_cache=feature_cache, **common), "train-frozen")
-        with dsl.If(run_finetune == True, "finetune"):  # noqa: E712 - a KFP condition, not a Python test
-            tuned = trainer(finetune(
-                frozen_model=frozen.outputs["model"], finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
-                finetune_learning_rate=finetune_learning_rate, **common), "finetune")
-        with dsl.Else():
-            tuned_skipped = skip_stage(stage="finetune", reason="run_finetune=False").set_display_name(
-                "finetune-skipped")
-        with dsl.If(run_scratch_baseline == True, "scratch-baseline"):  # noqa: E712
-            scratch = trainer(train_scratch(
-                backbone=backbone, alpha=alpha, epochs=epochs, learning_rate=learning_rate, **common),
-                "train-scratch")
-        with dsl.Else():
-            scratch_skipped = skip_stage(stage="scratch", reason="run_scratch_baseline=False").set_display_name(
-                "scratch-skipped")
+        tuned = trainer(finetune(
+            frozen_model=frozen.outputs["model"], finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
+            finetune_learning_rate=finetune_learning_rate, enabled=run_finetune, **common), "finetune")
+        scratch = trainer(train_scratch(
+            backbone=backbone, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
+            enabled=run_scratch_baseline, **common), "train-scratch")
 
-        evaluation = connected(evaluate(
-            examples=examples, frozen_model=frozen.outputs["model"],
-            finetuned_model=dsl.OneOf(tuned.outputs["model"], tuned_skipped.outputs["model"]),
-            scratch_model=dsl.OneOf(scratch.outputs["model"], scratch_skipped.outputs["model"]),
-            selection_metric=selection_metric, top_k=top_k, experiment=experiment), "evaluate", retries=2)
+        evaluation = sized(connected(evaluate(
+            examples=examples, frozen_model=frozen.outputs["model"], finetuned_model=tuned.outputs["model"],
+            scratch_model=scratch.outputs["model"], selection_metric=selection_metric, top_k=top_k,
+            experiment=experiment), "evaluate", retries=2), resources.evaluate_cpu, resources.evaluate_memory)
         # The registry is outside the pipeline: always run the gate (it is idempotent), never serve it from cache.
-        registration = connected(register(
+        registration = sized(connected(register(
             best_model=evaluation.outputs["best_model"], examples=examples, manifest=manifest,
             registered_model_name=registered_model_name, min_improvement=min_improvement,
-            experiment=experiment), "register", cache=False)
+            experiment=experiment), "register", cache=False), resources.register_cpu, resources.register_memory)
         return PipelineOutputs(best_stage=evaluation.outputs["best_stage"],
                        model_version=registration.outputs["model_version"],
                        promoted=registration.outputs["promoted"], decision=registration.outputs["decision"],
                        metrics=evaluation.outputs["metrics"], report=evaluation.outputs["report"])
 
-    return transfer_learning_image_classifier
+    validate_parameters_op.__doc__ = (inspect.cleandoc(validate_parameters_op.__doc__).split("\n")[0] + "\n\n"
+                                      + _args_section(transfer_learning_image_classifier.__doc__))
+    validate = dsl.component(validate_parameters_op, base_image=images.for_step("validate-parameters"),
+                             install_kfp_package=False)
+    checked = None  # the validate-parameters task, set when the pipeline is traced; every other task follows it
+    description = (f"Needs a Kubeflow Pipelines backend {backends.TARGETS[kfp_backend]} or newer (compile target "
+                   f"{kfp_backend}). " + inspect.cleandoc(transfer_learning_image_classifier.__doc__).split("Args:")[0])
+    return dsl.pipeline(name=PIPELINE_NAME, description=description.strip())(transfer_learning_image_classifier)
 
 
 def pipeline_parameters() -> dict:

@@ -1,4 +1,5 @@
-"""One default per parameter: the pipeline, the KFP adapters, the CLIs and each step's params.py agree.
+"""One default per parameter: the pipeline, its validation schema, the KFP adapters, the CLIs and each step's
+params.py agree.
 
 Each step's `params.py` owns its defaults. The pipeline and the CLIs read them from there; the adapters must
 repeat them as literals (KFP embeds an adapter's source), so this test is what keeps them equal.
@@ -15,6 +16,7 @@ from collections import defaultdict
 from tlpipe.cli.main import build_parser
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.pipelines.pipeline import pipeline_parameters
+from tlpipe.pipelines.validation import defaults as validation_defaults
 
 STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
 
@@ -73,7 +75,8 @@ def cli_defaults() -> dict[str, dict[str, object]]:
 
 def test_every_layer_agrees_with_the_owner():
     owners = params_defaults()
-    layers = {"pipeline": pipeline_parameters(), **adapter_defaults(), **cli_defaults()}
+    layers = {"pipeline": pipeline_parameters(), "validation": validation_defaults(), **adapter_defaults(),
+              **cli_defaults()}
     owner_of = defaultdict(dict)  # name -> {step: default}
     for step, fields in owners.items():
         for name, default in fields.items():

@@ -40,7 +40,8 @@ def ingest_op(
             near-duplicates.
         group_pattern: regex on the key whose first group names the source (its images share a split);
             empty: group by content only.
-        expected_num_classes: fail unless this many classes are found; 0 = any.
+        expected_num_classes: the pipeline's num_classes: fail unless this many classes are found; 0: as many
+            as the data has.
         min_images_per_class: fail when a class has fewer accepted images.
         allow_small_classes: accept classes too small to put an image in every split.
         max_image_pixels: reject larger images (decompression bombs), checked before decoding.

@@ -4,7 +4,8 @@ Plain functions; the pipeline wraps them with dsl.component(fn, base_image=..., 
 and sets CPU/memory/GPU requests on the tasks. The defaults are literals (KFP embeds each function's source);
 a test checks them against params.py. Where the output artifact lives in S3 (an s3:// pipeline root), the
 per-epoch checkpoint is mirrored to `<model uri>/checkpoint`, so a retried (preempted) pod resumes after its
-last finished epoch.
+last finished epoch. A stage switched off (`enabled` false) writes only its placeholder `model` and imports
+nothing heavy, so evaluate always receives three model artifacts.
 """
 
 from kfp.dsl import Dataset, Input, Model, Output
@@ -64,7 +65,7 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
                 finetune_epochs: int = 10, unfreeze_layers: int = 50, finetune_learning_rate: float = 1e-5,
                 augment: bool = True, early_stopping_patience: int = 3, early_stopping_monitor: str = "val_loss",
                 use_class_weights: bool = False, seed: int = 42, experiment: str = "fish-classification",
-                kfp_run_id: str = "local") -> float:
+                kfp_run_id: str = "local", enabled: bool = True) -> float:
     """Fine-tune the frozen-stage model: unfreeze the backbone's last layers and continue at a low rate.
 
     BatchNormalization layers stay frozen. The model it starts from is an early-stopping candidate like any
@@ -85,10 +86,17 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
         seed: seed of dropout, augmentation and shuffling.
         experiment: MLflow experiment of the pipeline's parent run.
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
+        enabled: false (the pipeline's run_finetune): write only the placeholder `model` (skipped.json).
 
     Returns:
-        The final val accuracy of the kept weights.
+        The final val accuracy of the kept weights (0.0 when not enabled).
     """
+    if not enabled:
+        from tlpipe.components.common import model_artifact
+
+        model_artifact.write_skipped(model.path, "finetune", "run_finetune=False")
+        model.metadata.update({"stage": "finetune", "skipped": True})
+        return 0.0
     from tlpipe.components.train import core
     from tlpipe.components.train.checkpoint import checkpoint_uri_for
     from tlpipe.components.train.params import TrainParams
@@ -110,7 +118,8 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
                      augment: bool = True, early_stopping_patience: int = 3,
                      early_stopping_monitor: str = "val_loss", use_class_weights: bool = False,
                      seed: int = 42, experiment: str = "fish-classification", kfp_run_id: str = "local",
-                     dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> float:  # noqa: B006 - KFP defaults
+                     dense_units: list = [512, 256], dropouts: list = [0.5, 0.3],  # noqa: B006 - KFP defaults
+                     enabled: bool = True) -> float:
     """Train the same architecture from random weights: the baseline transfer learning must beat.
 
     Same data, head and epoch budget as the frozen stage, with `weights=None`.
@@ -132,10 +141,17 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
         dense_units: units of the head's Dense layers.
         dropouts: dropout rate after each Dense layer (one per entry of dense_units).
+        enabled: false (the pipeline's run_scratch_baseline): write only the placeholder `model` (skipped.json).
 
     Returns:
-        The final val accuracy of the best epoch's weights.
+        The final val accuracy of the best epoch's weights (0.0 when not enabled).
     """
+    if not enabled:
+        from tlpipe.components.common import model_artifact
+
+        model_artifact.write_skipped(model.path, "scratch", "run_scratch_baseline=False")
+        model.metadata.update({"stage": "scratch", "skipped": True})
+        return 0.0
     from tlpipe.components.train import core
     from tlpipe.components.train.checkpoint import checkpoint_uri_for
     from tlpipe.components.train.params import TrainParams

@@ -1,4 +1,4 @@
-"""The compiled pipeline: strict PipelineSpec, the seven components, defaults, images, Secret, no credentials."""
+"""The compiled pipeline: strict PipelineSpec, every step, defaults, images, Secret, no credentials, backend targets."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from kfp.kubernetes.kubernetes_executor_config_pb2 import KubernetesExecutorConf
 
 from tlpipe.cli.main import main
 from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
+from tlpipe.pipelines import backends
 from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults, validate_pipeline_yaml
 from tlpipe.pipelines.pipeline import PIPELINE_NAME
 from tlpipe.pipelines.settings import STEP_IMAGE_FAMILY, ImageSettings, ResourceSettings
 
-SEVEN = {"ingest", "preprocess", "train-frozen", "finetune", "train-scratch", "evaluate", "register"}
+STEPS = {"validate-parameters", "ingest", "preprocess", "train-frozen", "finetune", "train-scratch", "evaluate", "register"}
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +26,11 @@ def compiled(tmp_path_factory):
     return path, spec, platform
 
 
-def test_spec_is_strict_and_has_the_seven_components(compiled):
+def test_spec_is_strict_and_has_every_step(compiled):
     _, spec, _ = compiled
     assert spec.pipeline_info.name == PIPELINE_NAME
     components = {name.removeprefix("comp-").removesuffix("-op") for name in spec.components}
-    assert SEVEN <= components, components
+    assert STEPS <= components, components
     tasks = set(spec.root.dag.tasks)
     assert {"listing-fingerprint-op", "ingest-op", "preprocess-op", "train-frozen-op", "evaluate-op",
             "register-op"} <= tasks, tasks
@@ -37,7 +38,7 @@ def test_spec_is_strict_and_has_the_seven_components(compiled):
 
 def test_parameters_keep_the_original_design_defaults(compiled):
     defaults = parameter_defaults(compiled[0])
-    expected = {"num_classes": 9, "image_size": 224, "batch_size": 32, "epochs": 10, "learning_rate": 1e-3,
+    expected = {"num_classes": 0, "image_size": 224, "batch_size": 32, "epochs": 10, "learning_rate": 1e-3,
                 "unfreeze_layers": 50, "finetune_learning_rate": 1e-5, "backbone": "MobileNetV2",
                 "weights": "imagenet", "early_stopping_monitor": "val_loss", "spark_backend": "local",
                 "registered_model_name": "fish-classifier",
@@ -69,12 +70,9 @@ def test_credentials_come_from_the_secret_and_never_from_the_yaml(tmp_path, monk
         assert value not in text
     _, platform = validate_pipeline_yaml(path)
     executors = json_format.MessageToDict(platform.platforms["kubernetes"].deployment_spec)["executors"]
-    assert executors
-    for name, struct in executors.items():
+    assert executors and "exec-validate-parameters-op" not in executors  # validation needs no credentials
+    for struct in executors.values():
         config = json_format.ParseDict(struct, KubernetesExecutorConfig())  # the kfp-kubernetes proto, strict
-        if "skip-stage" in name:
-            assert not config.secret_as_env
-            continue
         (secret_env,) = config.secret_as_env
         assert secret_env.secret_name_parameter.runtime_value.constant.string_value == CREDENTIALS_SECRET
         assert {m.secret_key: m.env_var for m in secret_env.key_to_env} == {k: k for k in ALL_ENV_VARS}
@@ -113,3 +111,52 @@ def test_compile_command(tmp_path, capsys):
     assert "validated" in capsys.readouterr().out
     assert set(_executor_images(out).values()) <= {ImageSettings("r.io/team", "7").image(f)
                                                    for f in ("base", "spark", "train")}
+
+
+def test_every_task_waits_for_validation_and_none_is_conditional(compiled):
+    """validate-parameters runs first on every pipeline parameter; no dsl.If, no artifact dsl.OneOf."""
+    _, spec, _ = compiled
+    tasks = spec.root.dag.tasks
+    check = tasks["validate-parameters-op"]
+    assert not check.dependent_tasks and not check.retry_policy.max_retry_count
+    assert set(check.inputs.parameters) == set(parameter_defaults(compiled[0]))
+    for name, task in tasks.items():
+        assert name == "validate-parameters-op" or "validate-parameters-op" in task.dependent_tasks, name
+        assert not task.trigger_policy.condition, name
+    assert set(spec.components) == {f"comp-{task}" for task in tasks}  # no condition sub-DAGs
+    switches = {"finetune-op": "run_finetune", "train-scratch-op": "run_scratch_baseline"}
+    for task, switch in switches.items():
+        assert tasks[task].inputs.parameters["enabled"].component_input_parameter == switch
+    evaluate = tasks["evaluate-op"].inputs.artifacts
+    assert {evaluate[k].task_output_artifact.producer_task for k in ("frozen_model", "finetuned_model",
+                                                                       "scratch_model")} == {
+        "train-frozen-op", "finetune-op", "train-scratch-op"}
+
+
+@pytest.mark.parametrize("target", list(backends.TARGETS))
+def test_each_target_states_and_needs_its_backend(tmp_path, target):
+    path = compile_pipeline(tmp_path / "p.yaml", kfp_backend=target)
+    spec, platform = validate_pipeline_yaml(path)
+    minimum = backends.TARGETS[target]
+    assert spec.pipeline_info.description.startswith(f"Needs a Kubeflow Pipelines backend {minimum} or newer")
+    assert backends.required_backend(path) == minimum
+    doc = list(yaml.safe_load_all(path.read_text()))[1]
+    secrets = [s for ex in doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values()
+               for s in ex["secretAsEnv"]]
+    assert secrets and all(s["secretName"] == CREDENTIALS_SECRET for s in secrets)
+    newer = {f for s in secrets for f in backends.NEWER_SECRET_FIELDS if f in s}
+    assert newer == (set(backends.NEWER_SECRET_FIELDS) if target == backends.DEFAULT_TARGET else set())
+
+
+def test_required_backend_sees_an_artifact_oneof(tmp_path):
+    """A pipeline that selects among artifacts (what the pipeline did before) needs the 2.17.0 backend."""
+    path = tmp_path / "oneof.yaml"
+    path.write_text(yaml.safe_dump({"root": {"dag": {"outputs": {"artifacts": {"m": {"artifactSelectors": [
+        {"producerSubtask": "a", "outputArtifactKey": "m"}, {"producerSubtask": "b", "outputArtifactKey": "m"}]}}}}}}))
+    assert backends.required_backend(path) == backends.ONEOF_ARTIFACTS_BACKEND
+    assert not backends.meets("2.15.0", backends.required_backend(path)) and backends.meets("v2.17.1", "2.17.0")
+
+
+def test_an_unknown_target_is_one_line_naming_the_choices(tmp_path):
+    with pytest.raises(ValueError, match=r"^--kfp-backend '2\.0' is not a compile target; choose one of 2\.15, 2\.5$"):
+        compile_pipeline(tmp_path / "p.yaml", kfp_backend="2.0")

@@ -1,6 +1,8 @@
-"""End to end: `tlpipe local` runs all seven steps against the real embedded stack and registers a champion;
-then what a user looks at is checked (the report's curves, the version's links, the served answer, the MLflow
-runs); an identical second run is served from the step cache and adds no model version."""
+"""End to end: `tlpipe local` compiles the pipeline and runs that YAML (the file a user uploads) with kfp.local,
+every step against the real embedded stack, and registers a champion; then what a user looks at is checked (the
+report's curves, the version's links, the served answer, the MLflow runs); an identical second run is served
+from the step cache and adds no model version; a third with run_finetune=false trains nothing new and shows
+the fine-tuned stage as skipped."""
 
 from __future__ import annotations
 
@@ -46,9 +48,22 @@ def test_local_pipeline_registers_a_champion_then_reuses_the_cache(stack, tmp_pa
     assert trained == 3
     _check_what_the_user_sees(client, tmp_path / "root", data, os.environ["KFP_RUN_ID"])
 
+    assert (tmp_path / "root" / "pipeline.yaml").is_file()  # what ran: the compiled pipeline
+
     assert main(argv) == 0  # same data, same parameters
     assert [v.version for v in client.search_model_versions(f"name='{MODEL}'")] == ["1"]
     assert _training_runs("e2e") == trained, "the second run trained again instead of using the step cache"
+    capsys.readouterr()
+
+    # a stage switched off is a task that writes its placeholder: evaluate still gets three models, lists it skipped
+    assert main([*argv, "-p", "run_finetune=false"]) == 0
+    out = capsys.readouterr().out
+    assert any(line.split() == ["finetuned", "(skipped)"] for line in out.splitlines()), out
+    assert _training_runs("e2e") == trained, "frozen and scratch come from the cache; the skipped stage trains nothing"
+    run = sorted((tmp_path / "root").glob("transfer-learning-image-classifier-*"))[-1]
+    assert model_artifact.read_skipped(run / "finetune-op" / "model") == {"stage": "finetune",
+                                                                         "reason": "run_finetune=False"}
+    assert "skipped: run_finetune=False" in (run / "evaluate-op" / "report.html").read_text()
 
 
 def _check_what_the_user_sees(client, root: Path, images: list[Path], kfp_run_id: str) -> None:

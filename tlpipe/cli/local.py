@@ -1,9 +1,12 @@
 """`tlpipe local`: run the whole pipeline on this machine with kfp.local (no Docker, no cluster).
 
-Steps run as subprocesses of this Python (`SubprocessRunner(use_venv=False)`), talk to the S3 and MLflow
-named by the environment (the embedded stack is started when they are not set), and keep their artifacts
-under a local pipeline root (kfp.local treats an `s3://` root as a local folder, so it must be local).
-Caching is on: a second identical run reuses every cached step, and register (idempotent) adds no version.
+The parameters (`-p`) and `--data` are checked first (pipelines/validation.py), before any server starts or
+anything is uploaded. The pipeline is then compiled to `<pipeline root>/pipeline.yaml`, the very file
+`tlpipe upload` sends to a cluster, and that YAML runs: its steps as subprocesses of this Python
+(`SubprocessRunner(use_venv=False)`), against the S3 and MLflow named by the environment (the embedded stack
+is started when they are not set), with their artifacts under the local pipeline root (kfp.local treats an
+`s3://` root as a local folder, so it must be local). Caching is on: a second identical run reuses every
+cached step, and register (idempotent) adds no version.
 """
 
 from __future__ import annotations
@@ -21,43 +24,6 @@ from tlpipe.stack import DATA_BUCKET, Stack
 log = get_logger("local")
 
 
-def use_kfp_local_oneof_artifacts() -> None:
-    """Let kfp.local resolve `dsl.OneOf` over *artifacts* (kfp 2.17 resolves it only for parameters).
-
-    The pipeline feeds the fine-tuned/scratch model or a skipped-stage placeholder into evaluate with
-    dsl.If/dsl.Else + dsl.OneOf, which the KFP backend resolves (kubeflow/pipelines#13437); kfp.local 2.17
-    raises "Expected 1 artifact in ArtifactSelectorSpec". This applies kfp.local's own parameter rule
-    (take the one branch that produced an output) to artifacts. tests/pipeline checks it is still needed.
-    """
-    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
-
-    original = OrchestratorUtils.get_dag_output_artifacts.__func__
-    if getattr(original, "_tlpipe_oneof", False):
-        return
-
-    def get_dag_output_artifacts(cls, dag_outputs_spec, io_store):
-        single_selector = type(dag_outputs_spec)()
-        outputs = {}
-        for key, spec in dag_outputs_spec.artifacts.items():
-            if len(spec.artifact_selectors) == 1:
-                single_selector.artifacts[key].CopyFrom(spec)
-                continue
-            produced = []
-            for selector in spec.artifact_selectors:
-                try:
-                    produced.append(io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key))
-                except (KeyError, ValueError):  # that branch did not run
-                    continue
-            if len(produced) != 1:
-                raise ValueError(f"dsl.OneOf output {key!r}: {len(produced)} branches produced it, expected one")
-            outputs[key] = produced[0]
-        outputs.update(original(cls, single_selector, io_store))
-        return outputs
-
-    get_dag_output_artifacts._tlpipe_oneof = True
-    OrchestratorUtils.get_dag_output_artifacts = classmethod(get_dag_output_artifacts)
-
-
 def ensure_connections(state_dir: str | None = None) -> None:
     """Use the S3/MLflow of the environment; when unset, start (or reuse) the embedded stack and use it."""
     if all(os.environ.get(k) for k in (*S3_ENV_VARS, "MLFLOW_TRACKING_URI")):
@@ -69,13 +35,24 @@ def ensure_connections(state_dir: str | None = None) -> None:
     stack.apply_env()
 
 
+def check_data(data: str) -> None:
+    """--data is an s3://bucket/prefix URI or an existing folder, else a one-line error (nothing started yet)."""
+    if s3lib.is_s3_uri(data):
+        try:
+            s3lib.split_uri(data)
+        except ValueError as exc:
+            raise ValueError(f"--data {data}: {exc}") from None
+    elif not Path(data).is_dir():
+        raise FileNotFoundError(f"--data {data}: no such folder; give a folder with one sub-folder per class, "
+                                "or an s3://bucket/prefix URI")
+
+
 def resolve_data(data: str) -> str:
     """An s3:// URI as is; a local class folder is uploaded (resumably) to s3://tlpipe/datasets/<name>/."""
+    check_data(data)
     if s3lib.is_s3_uri(data):
         return data
     folder = Path(data)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"--data {data!r} is neither an s3:// URI nor a folder")
     from tlpipe.components.ingest.upload import upload_folder
 
     uri = f"s3://{os.environ.get('TLPIPE_DATA_BUCKET', DATA_BUCKET)}/datasets/{folder.resolve().name}"
@@ -84,18 +61,20 @@ def resolve_data(data: str) -> str:
 
 
 def run_local(data_uri: str, params: dict, pipeline_root: str | Path, cache: bool = True) -> dict:
-    """Run the pipeline with kfp.local; returns the pipeline's outputs (see tlpipe.pipelines.pipeline)."""
-    from kfp import local
+    """Compile the pipeline to `<pipeline_root>/pipeline.yaml` and run that YAML with kfp.local; returns the
+    pipeline's outputs (see tlpipe.pipelines.pipeline)."""
+    from kfp import components, local
 
-    from tlpipe.pipelines.pipeline import build_pipeline
+    from tlpipe.pipelines.compiler import compile_pipeline
 
-    use_kfp_local_oneof_artifacts()
     os.environ["KFP_RUN_ID"] = f"local-{uuid.uuid4().hex[:12]}"
     pipeline_root = Path(pipeline_root).resolve()
+    package = compile_pipeline(pipeline_root / "pipeline.yaml")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                enable_caching=cache)
-    log.info("pipeline run %s: data %s, artifacts under %s", os.environ["KFP_RUN_ID"], data_uri, pipeline_root)
-    task = build_pipeline()(data_uri=data_uri, **params)
+    log.info("pipeline run %s of %s: data %s, artifacts under %s", os.environ["KFP_RUN_ID"], package, data_uri,
+             pipeline_root)
+    task = components.load_component_from_file(str(package))(data_uri=data_uri, **params)
     return dict(task.outputs)
 
 
@@ -127,13 +106,16 @@ def print_summary(outputs: dict, registered_model_name: str) -> None:
 
 def _cmd_local(args: argparse.Namespace) -> int:
     from tlpipe.cli.remote import parse_params
-    from tlpipe.pipelines.pipeline import pipeline_parameters
+    from tlpipe.pipelines.validation import defaults, validate_parameters
 
-    defaults = pipeline_parameters()
-    params = parse_params(args.param, defaults)
+    params = parse_params(args.param, defaults())
+    if "data_uri" in params:
+        raise ValueError("-p data_uri: `tlpipe local` takes the data from --data")
+    params = validate_parameters(params)
+    check_data(args.data)
     ensure_connections(args.state_dir)
     outputs = run_local(resolve_data(args.data), params, args.pipeline_root, cache=not args.no_cache)
-    print_summary(outputs, params.get("registered_model_name", defaults["registered_model_name"]))
+    print_summary(outputs, params.get("registered_model_name", defaults()["registered_model_name"]))
     return 0
 
 
