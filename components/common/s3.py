@@ -1,7 +1,8 @@
 """S3 access through the minio SDK: a client from the environment, URIs, retries, file transfers.
 
 Transient faults (5xx, timeouts, dropped connections) are retried with exponential backoff; auth and
-missing-bucket errors fail at once with a message naming the endpoint and bucket (never the secret).
+missing-bucket errors fail at once, and an endpoint still unreachable after the retries fails, with an
+S3AccessError naming the endpoint and bucket and what to check (never the secret).
 """
 
 from __future__ import annotations
@@ -30,11 +31,19 @@ FATAL_CODES = {
     "NoSuchBucket": "bucket does not exist",
     "AllAccessDisabled": "access disabled",
 }
+WHAT_TO_DO = {
+    "AccessDenied": "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (some stores answer a wrong secret so) and "
+                    "that the key may use the bucket",
+    "InvalidAccessKeyId": "check AWS_ACCESS_KEY_ID (locally: `source .tlpipe/stack.env`)",
+    "SignatureDoesNotMatch": "check AWS_SECRET_ACCESS_KEY (locally: `source .tlpipe/stack.env`)",
+    "NoSuchBucket": "create the bucket or fix the s3:// URI",
+    "AllAccessDisabled": "ask the store's administrator",
+}
 TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout", "OperationAborted"}
 
 
 class S3AccessError(RuntimeError):
-    """S3 refused the request for a reason retrying cannot fix (credentials, missing bucket)."""
+    """S3 refused the request for a reason retrying cannot fix (credentials, missing bucket), or is unreachable."""
 
 
 def client(
@@ -89,10 +98,28 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
-def explain(exc: BaseException, endpoint: str, bucket: str) -> S3AccessError | None:
-    """An S3AccessError naming endpoint and bucket if `exc` is an auth or missing-bucket error."""
+def _unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, urllib3.exceptions.MaxRetryError | urllib3.exceptions.NewConnectionError
+                      | urllib3.exceptions.ProtocolError | ConnectionError | TimeoutError)
+
+
+def connection_reason(exc: BaseException) -> str:
+    """Why a connection failed, without the connection object's repr: 'Failed to establish ...: Connection refused'."""
+    reason = getattr(exc, "reason", None) or exc
+    text = str(reason) or type(reason).__name__
+    return text[text.index("Failed to"):] if "Failed to" in text else text
+
+
+def explain(exc: BaseException, endpoint: str, bucket: str, exhausted: bool = False) -> S3AccessError | None:
+    """An S3AccessError naming endpoint and bucket if `exc` is an auth or missing-bucket error, or (once the
+    retries are `exhausted`) a connection failure."""
+    endpoint = endpoint or os.environ.get("S3_ENDPOINT_URL", "") or "the S3 endpoint"
     if isinstance(exc, S3Error) and exc.code in FATAL_CODES:
-        return S3AccessError(f"S3 at {endpoint} refused bucket {bucket!r}: {FATAL_CODES[exc.code]} ({exc.code})")
+        return S3AccessError(f"S3 at {endpoint} refused bucket {bucket!r}: {FATAL_CODES[exc.code]} ({exc.code}); "
+                             f"{WHAT_TO_DO[exc.code]}")
+    if exhausted and _unreachable(exc):
+        return S3AccessError(f"S3 at {endpoint} is unreachable (bucket {bucket!r}: {connection_reason(exc)}); "
+                             "check S3_ENDPOINT_URL and that the server is up (locally: `tlpipe stack status`)")
     return None
 
 
@@ -107,13 +134,14 @@ def retry(
 ) -> T:
     """Call `fn`, retrying transient S3 faults with jittered exponential backoff.
 
-    Auth and missing-bucket errors raise S3AccessError at once; anything else non-transient is re-raised.
+    Auth and missing-bucket errors raise S3AccessError at once, an endpoint unreachable on the last attempt
+    too; anything else non-transient is re-raised.
     """
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:
-            fatal = explain(exc, endpoint, bucket)
+            fatal = explain(exc, endpoint, bucket, exhausted=attempt == attempts or not _is_transient(exc))
             if fatal is not None:
                 raise fatal from exc
             if not _is_transient(exc) or attempt == attempts:
@@ -169,9 +197,15 @@ def download_file(s3: Minio, uri: str, path: str | os.PathLike) -> Path:
 def iter_keys(s3: Minio, uri: str) -> Iterator[str]:
     """Every object key under the prefix of `uri` (paginated by the SDK)."""
     bucket, prefix = split_uri(uri)
-    for obj in s3.list_objects(bucket, prefix=prefix, recursive=True):
-        if not obj.is_dir:
-            yield obj.object_name
+    try:
+        for obj in s3.list_objects(bucket, prefix=prefix, recursive=True):
+            if not obj.is_dir:
+                yield obj.object_name
+    except Exception as exc:
+        fatal = explain(exc, "", bucket, exhausted=True)
+        if fatal is not None:
+            raise fatal from exc
+        raise
 
 
 def upload_dir(s3: Minio, folder: str | os.PathLike, uri: str) -> int:
