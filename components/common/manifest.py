@@ -56,9 +56,11 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def clear(manifest_dir: PathLike) -> None:
-    """Remove the manifest and class index, so that a failed run never leaves an older one looking current."""
-    for name in (MANIFEST_FILE, CLASSES_FILE):
-        Path(manifest_dir, name).unlink(missing_ok=True)
+    """Remove the artifact's files (and leftover temporary ones): a writer calls it before any work, so that a run
+    that fails at any point never leaves an earlier run's files looking current."""
+    for name in (MANIFEST_FILE, CLASSES_FILE, REPORT_FILE):
+        for path in (Path(manifest_dir, name), Path(manifest_dir, f".{name}.tmp")):
+            path.unlink(missing_ok=True)
 
 
 def write_report(manifest_dir: PathLike, report: dict) -> None:
@@ -67,17 +69,18 @@ def write_report(manifest_dir: PathLike, report: dict) -> None:
 
 
 def write(manifest_dir: PathLike, columns: dict[str, list], classes: list[str]) -> str:
-    """Write manifest.parquet (atomically) and classes.json; returns the sha256 of manifest.parquet."""
+    """Write classes.json, then manifest.parquet (each atomically; the manifest last, so that its presence means
+    the artifact is complete); returns the sha256 of manifest.parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     manifest_dir = Path(manifest_dir)
     manifest_dir.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pydict(columns, schema=schema())
+    _write_json(manifest_dir / CLASSES_FILE, class_index(classes))
     tmp = manifest_dir / f".{MANIFEST_FILE}.tmp"
     pq.write_table(table, tmp)
     tmp.replace(manifest_dir / MANIFEST_FILE)
-    _write_json(manifest_dir / CLASSES_FILE, class_index(classes))
     return sha256_file(manifest_dir / MANIFEST_FILE)
 
 

@@ -2,7 +2,9 @@
 
 Input layout (docs/DESIGN.md §1): s3://bucket/prefix/<class>/<any sub-path>/<file>. Output (docs/DESIGN.md §2),
 in `out_dir`: manifest.parquet (one row per accepted image), classes.json, ingest_report.json (counts and every
-rejected object with its reason). Accepted + rejected always equals the objects listed.
+rejected object with its reason). Accepted + rejected always equals the objects listed (hidden and system files
+aside: they are only counted). A run first removes those files from `out_dir`, so that a run which fails at any
+point never leaves an earlier run's output looking current.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def ingest(
     max_bad_fraction: float = IngestParams.max_bad_fraction,
     max_workers: int = IngestParams.max_workers,
     max_object_bytes: int = IngestParams.max_object_bytes,
+    memory_budget_mb: int = IngestParams.memory_budget_mb,
+    allow_similar_class_names: bool = IngestParams.allow_similar_class_names,
     settings: S3Settings | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     manifest_uri: str | None = None,
@@ -72,8 +76,10 @@ def ingest(
         expected_num_classes=expected_num_classes, min_images_per_class=min_images_per_class,
         allow_small_classes=allow_small_classes, max_image_pixels=max_image_pixels,
         max_bad_fraction=max_bad_fraction, max_workers=max_workers, max_object_bytes=max_object_bytes,
+        memory_budget_mb=memory_budget_mb, allow_similar_class_names=allow_similar_class_names,
     )  # checks every parameter
     out_dir = Path(out_dir)
+    manifest.clear(out_dir)  # before any work: a run failing anywhere (S3 down, killed) leaves no older output
     settings = settings or S3Settings.from_env()
     s3 = s3lib.client(settings, max_connections=max_workers)
     bucket, prefix = s3lib.split_uri(data_uri)
@@ -81,8 +87,8 @@ def ingest(
     root_uri = s3lib.join_uri(bucket, prefix)
 
     started = time.monotonic()
-    listed, markers = read_all(s3, settings.endpoint_url, bucket, prefix, max_workers, max_object_bytes,
-                               max_image_pixels)
+    listed, markers, hidden = read_all(s3, settings.endpoint_url, bucket, prefix, max_workers, max_object_bytes,
+                                       max_image_pixels, memory_budget_mb)
     if not listed:
         raise IngestError(f"no objects under {root_uri} (endpoint {settings.endpoint_url}); expected "
                           f"<class>/<file> images below that prefix")
@@ -101,9 +107,8 @@ def ingest(
     assignment = split_groups(group_labels, params.ratios) if accepted else {}
     splits = [assignment[g] for g in groups]
 
-    report = reportlib.build(root_uri, listed, accepted, rejected, classes, groups, splits, markers, unmatched,
-                             params)
-    manifest.clear(out_dir)  # a failed run must not leave an older manifest looking current
+    report = reportlib.build(root_uri, listed, accepted, rejected, classes, groups, splits, markers, hidden,
+                             unmatched, params)
     manifest.write_report(out_dir, report)
     reportlib.check(report, classes, root_uri, params)
 
@@ -121,7 +126,8 @@ def ingest(
         "height": [x.info.height for x in accepted],
         "format": [x.info.format for x in accepted],
     }, classes)
-    log.info("manifest: %d images, %d classes, %d groups, splits %s, %d rejected; wrote %s",
-             len(accepted), len(classes), report["num_groups"], report["per_split"], len(rejected), out_dir)
+    log.info("manifest: %d images, %d classes, %d groups, splits %s, %d rejected, %d hidden or system files ignored; "
+             "wrote %s", len(accepted), len(classes), report["num_groups"], report["per_split"], len(rejected), hidden,
+             out_dir)
     tracking.log_manifest(out_dir, data_uri, params, digest, manifest_uri, experiment)
     return IngestResult(out_dir, classes, len(accepted), report["num_groups"], report["per_split"], digest, report)

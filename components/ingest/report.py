@@ -3,7 +3,8 @@ a dataset which cannot produce a usable manifest (docs/DESIGN.md §2)."""
 
 from __future__ import annotations
 
-from collections import Counter
+import unicodedata
+from collections import Counter, defaultdict
 
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.examples import SPLITS
@@ -29,7 +30,8 @@ RECORDED_PARAMS = ("dedupe", "near_duplicate_distance", "group_pattern", "max_im
 
 
 def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected: list[Listed], classes: list[str],
-          groups: list[str], splits: list[str], markers: int, unmatched: int, params: IngestParams) -> dict:
+          groups: list[str], splits: list[str], markers: int, hidden: int, unmatched: int,
+          params: IngestParams) -> dict:
     """The report document of one run (`groups` and `splits`: those of each accepted image)."""
     ratios = params.ratios
     per_class = {c: dict.fromkeys((*SPLITS, "total"), 0) for c in classes}
@@ -49,6 +51,7 @@ def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected:
         "bad_objects": bad,
         "bad_fraction": round(bad / len(listed), 6),
         "folder_markers_ignored": markers,
+        "hidden_objects_ignored": hidden,  # reader.is_ignored: hidden names (.DS_Store, .git/...), __MACOSX, Thumbs.db
         "num_classes": len(classes),
         "classes": classes,
         "per_class": per_class,
@@ -57,7 +60,7 @@ def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected:
         "largest_group": max(group_sizes.values(), default=0),
         "groups_with_more_than_one_image": sum(1 for n in group_sizes.values() if n > 1),
         "group_pattern_unmatched": unmatched,
-        "warnings": _warnings(group_sizes, len(accepted), unmatched, ratios),
+        "warnings": _warnings(group_sizes, len(accepted), unmatched, ratios) + _similar_names_warnings(classes, params),
         "ratios": ratios,
         "params": {name: getattr(params, name) for name in RECORDED_PARAMS},
         "rejected_objects": [{"uri": s3lib.join_uri(bucket, x.key), "reason": x.reason, "detail": x.detail}
@@ -81,6 +84,25 @@ def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, fl
     return out
 
 
+def similar_class_names(classes: list[str]) -> list[list[str]]:
+    """Sets of class names that differ only by case, surrounding spaces or Unicode normal form ('cat', 'Cat ')."""
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for name in classes:
+        by_key[unicodedata.normalize("NFC", name).strip().casefold()].append(name)
+    return [names for names in by_key.values() if len(names) > 1]
+
+
+def _similar_names_warnings(classes: list[str], params: IngestParams) -> list[str]:
+    """Similar class names kept apart by allow_similar_class_names (without it, `check` fails on them)."""
+    if not params.allow_similar_class_names:
+        return []
+    out = [f"class folders {', '.join(map(repr, names))} differ only by case or surrounding spaces and are kept as "
+           f"separate classes (allow_similar_class_names)" for names in similar_class_names(classes)]
+    for warning in out:
+        log.warning("%s", warning)
+    return out
+
+
 def check(report: dict, classes: list[str], root_uri: str, params: IngestParams) -> None:
     """Raise IngestError when the report shows a dataset unfit for training; warn of allowed small classes."""
     max_bad_fraction, expected_num_classes = params.max_bad_fraction, params.expected_num_classes
@@ -91,6 +113,12 @@ def check(report: dict, classes: list[str], root_uri: str, params: IngestParams)
         raise IngestError(f"{report['bad_objects']} of {report['listed_objects']} objects under {root_uri} are bad "
                           f"({report['bad_fraction']:.1%} > max_bad_fraction={max_bad_fraction:.1%}): "
                           f"{report['rejected_by_reason']}; e.g. {examples}; all listed in {REPORT_FILE}")
+    similar = similar_class_names(classes)
+    if similar and not params.allow_similar_class_names:
+        sets = "; ".join(", ".join(map(repr, names)) for names in similar)
+        raise IngestError(f"class folders under {root_uri} differ only by case or surrounding spaces: {sets}. Rename "
+                          f"them to one name (their images then form one class), or set allow_similar_class_names "
+                          f"to keep them as separate classes")
     found = f"found {len(classes)}: {', '.join(classes) or '(none)'}"
     if expected_num_classes and len(classes) != expected_num_classes:
         raise IngestError(f"expected_num_classes={expected_num_classes} but {found} (under {root_uri})")

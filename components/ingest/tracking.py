@@ -13,7 +13,7 @@ log = get_logger("ingest")
 
 # ingest's parameters that the pipeline exposes, under the pipeline's names; the others go as `ingest.<name>`
 PIPELINE_NAMES = {"expected_num_classes": "num_classes", "group_pattern": "group_pattern", "dedupe": "dedupe"}
-UNLOGGED = ("max_workers",)  # speed only: the result does not depend on it
+UNLOGGED = ("max_workers", "memory_budget_mb")  # speed only: the result does not depend on them
 
 
 def parent_params(data_uri: str, params: IngestParams) -> dict:

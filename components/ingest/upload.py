@@ -1,5 +1,6 @@
 """`tlpipe data upload`: put a class-folder dataset into S3 in parallel, skipping objects already there.
 
+Hidden and system files (`reader.is_ignored`, the rule ingest applies to keys) are counted, never uploaded.
 Each object carries the sha256 of its bytes in its metadata (`x-amz-meta-sha256`); a re-run (after an
 interruption, or after adding files) uploads only files whose key is missing or whose content changed.
 """
@@ -21,6 +22,7 @@ from tlpipe.components.common.hashing import sha256_file
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.settings import S3Settings
 from tlpipe.components.ingest.params import UploadParams
+from tlpipe.components.ingest.reader import SYSTEM_NAMES, is_ignored
 
 log = get_logger("upload")
 SHA_META = "sha256"
@@ -31,7 +33,7 @@ class UploadResult:
     uploaded: int
     skipped: int  # already in S3 with the same sha256
     bytes_uploaded: int
-    hidden_ignored: int  # files or folders starting with "." (e.g. .DS_Store), never uploaded
+    hidden_ignored: int  # files under hidden or system names (.DS_Store, .git/, __MACOSX/, Thumbs.db): not uploaded
 
 
 def _stored_sha256(s3: Minio, bucket: str, key: str, endpoint: str) -> str | None:
@@ -74,12 +76,13 @@ def upload_folder(folder: str | os.PathLike, uri: str, max_workers: int = Upload
     files, hidden = [], 0
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts):
+        if is_ignored(rel.parts):
             hidden += path.is_file()
         elif path.is_file():
             files.append((path, prefix + rel.as_posix()))
     if hidden:
-        log.info("ignoring %d hidden files (names starting with '.')", hidden)
+        log.info("ignoring %d hidden or system files (names starting with '.', %s)", hidden,
+                 ", ".join(sorted(SYSTEM_NAMES)))
     log.info("uploading %d files from %s to s3://%s/%s with %d workers", len(files), folder, bucket, prefix,
              max_workers)
 

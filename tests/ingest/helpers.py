@@ -41,14 +41,16 @@ def flipped(data: bytes, transpose: Image.Transpose) -> bytes:
 
 
 class FaultyProxy:
-    """A real HTTP proxy in front of an S3 endpoint that answers every `every`-th request with 503 SlowDown.
+    """A real HTTP proxy in front of an S3 endpoint that answers every `every`-th request (0: none) with 503
+    SlowDown, and every request whose path contains `deny` (when given) with 403 AccessDenied.
 
     Requests are forwarded verbatim (Host header included, so SigV4 signatures stay valid).
     """
 
-    def __init__(self, upstream: str, every: int = 5):
+    def __init__(self, upstream: str, every: int = 5, deny: str = ""):
         self.upstream = urlparse(upstream)
         self.every = every
+        self.deny = deny
         self.requests = 0
         self.injected = 0
         self._lock = threading.Lock()
@@ -64,12 +66,14 @@ class FaultyProxy:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy._lock:
                     proxy.requests += 1
-                    fail = proxy.requests % proxy.every == 0
-                    proxy.injected += fail
-                if fail:
-                    payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                    fail = bool(proxy.every) and proxy.requests % proxy.every == 0
+                    denied = bool(proxy.deny) and proxy.deny in self.path
+                    proxy.injected += fail or denied
+                if fail or denied:
+                    code = b"AccessDenied" if denied else b"SlowDown"
+                    payload = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>' + code + b"</Code>"
                                b"<Message>injected fault</Message></Error>")
-                    self.send_response(503)
+                    self.send_response(403 if denied else 503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()

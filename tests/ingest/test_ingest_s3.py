@@ -42,7 +42,7 @@ def messy(s3_client):
     for i, (mode, fmt) in enumerate(modes):  # class_c: alpha, grayscale, palette, CMYK, every format
         good[f"{p}/class_c/{mode.lower()}_{i}.{fmt.lower()}"] = image_bytes(2, 2000 + i, fmt, mode=mode)
     good[f"{p}/class_b/with space/ünïcødé 🐟 #1.png"] = image_bytes(1, 1500)
-    good[f"{p}/class_a/..sub../dots..png"] = image_bytes(0, 1600)  # dots, but no `..` segment
+    good[f"{p}/class_a/sub..dir/dots..png"] = image_bytes(0, 1600)  # dots, but no `..` segment, nor a hidden name
     jpeg = image_bytes(0, 1700, "JPEG")
     shared = image_bytes(1, 1800)
     bad = {
@@ -212,5 +212,6 @@ def test_clear_errors_for_unusable_datasets(s3_client, bucket, tmp_path, stack):
 def test_an_object_deleted_after_listing_is_reported_as_vanished(s3_client, bucket, stack):
     item = Listed("ds/class_a/gone.png", 100, label="class_a")
     settings = S3Settings.from_env()
-    assert reader._check_object(s3_client, settings.endpoint_url, bucket, item, PIXELS) is item
+    assert reader._check_object(s3_client, settings.endpoint_url, bucket, item, PIXELS, reader.MemoryBudget(2**20)) \
+        is item
     assert (item.reason, item.info) == ("vanished", None)
