@@ -15,7 +15,13 @@ import numpy as np
 
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.log import get_logger
-from tlpipe.components.ingest.params import compile_group_pattern
+from tlpipe.components.ingest.descriptor import descriptor_pairs
+from tlpipe.components.ingest.imaging import hamming
+from tlpipe.components.ingest.params import (
+    DEFAULT_NEAR_DUPLICATE_SIMILARITY,
+    NEAR_DUPLICATE_METHODS,
+    compile_group_pattern,
+)
 from tlpipe.components.ingest.reader import Listed
 from tlpipe.components.ingest.report import IngestError
 
@@ -109,6 +115,12 @@ def near_duplicate_pairs(canonical: Sequence[int], variants: Sequence[Sequence[i
     return np.unique(np.concatenate(found), axis=0)
 
 
+def _phash_merged(first: np.ndarray, inverse: np.ndarray, pairs: np.ndarray) -> list[tuple[int, int]]:
+    """Image pairs joined by the phash search: same hash (to the first image holding it) and close hashes."""
+    same = [(int(first[h]), i) for i, h in enumerate(inverse.tolist()) if int(first[h]) != i]
+    return same + [(int(first[a]), int(first[b])) for a, b in pairs.tolist()]
+
+
 def pattern_ids(keys: Sequence[str], pattern: str) -> list[str | None]:
     """The first capture group of `pattern` searched in each key (None where it does not match)."""
     regex = compile_group_pattern(pattern)
@@ -141,9 +153,15 @@ def reject_duplicates(listed: list[Listed], bucket: str, dedupe: str) -> None:
                 item.detail = f"same bytes as {s3lib.join_uri(bucket, copies[0].key)} (kept)"
 
 
-def group_ids(accepted: list[Listed], dedupe: str, distance: int, group_pattern: str) -> tuple[list[str], int]:
+def group_ids(accepted: list[Listed], dedupe: str, distance: int, group_pattern: str, *,
+              method: str = NEAR_DUPLICATE_METHODS[1], similarity: float = DEFAULT_NEAR_DUPLICATE_SIMILARITY,
+              merged: list[tuple[str, str, float]] | None = None) -> tuple[list[str], int]:
     """The split group id of each accepted image (merged exact-bytes, near-duplicate and group_pattern groups),
-    and how many keys group_pattern did not match."""
+    and how many keys group_pattern did not match.
+
+    Near-duplicates (dedupe=near) by `method`: phash (within `distance` bits) or dct (descriptor.py, cosine >=
+    `similarity`). `merged`, when given, receives each near-duplicate pair found as (key, key, score).
+    """
     n = len(accepted)
     uf = UnionFind(n)
     by_sha: dict[str, list[int]] = defaultdict(list)
@@ -162,7 +180,14 @@ def group_ids(accepted: list[Listed], dedupe: str, distance: int, group_pattern:
     if group_pattern and n and unmatched == n:
         raise IngestError(f"group_pattern {group_pattern!r} matches none of the {n} accepted keys, e.g. "
                           f"{accepted[0].key!r}")
-    if dedupe == "near" and n > 1:
+    if dedupe == "near" and n > 1 and method == "dct":
+        pairs, scores = descriptor_pairs([x.info.descriptor for x in accepted], similarity)
+        for (a, b), score in zip(pairs.tolist(), scores.tolist(), strict=True):
+            uf.union(a, b)
+            if merged is not None:
+                merged.append((accepted[a].key, accepted[b].key, round(score, 4)))
+        log.info("near-duplicates: %d pairs of %d images (dct, cosine >= %g)", len(pairs), n, similarity)
+    elif dedupe == "near" and n > 1:
         canon = np.array([x.info.phash for x in accepted], dtype=np.uint64)
         unique, first, inverse = np.unique(canon, return_index=True, return_inverse=True)
         for i, rep in enumerate(first[inverse]):
@@ -170,6 +195,9 @@ def group_ids(accepted: list[Listed], dedupe: str, distance: int, group_pattern:
         pairs = near_duplicate_pairs(unique.tolist(), [accepted[int(r)].info.phash_variants for r in first], distance)
         for a, b in pairs.tolist():
             uf.union(int(first[a]), int(first[b]))
+        if merged is not None:
+            merged.extend((accepted[i].key, accepted[j].key, hamming(int(canon[i]), int(canon[j])))
+                          for i, j in _phash_merged(first, inverse, pairs))
         log.info("near-duplicates: %d distinct perceptual hashes, %d close pairs (distance <= %d)", len(unique),
                  len(pairs), distance)
     members_of: dict[int, list[int]] = defaultdict(list)

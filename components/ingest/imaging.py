@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from tlpipe.components.ingest.descriptor import SIDE, crop_descriptor
 
 # Pillow format name -> format recorded in the manifest (MPO is the multi-picture JPEG some cameras write).
 ACCEPTED_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "BMP": "BMP", "GIF": "GIF", "WEBP": "WEBP"}
@@ -31,10 +35,15 @@ class ImageInfo:
     height: int
     phash: int  # canonical (smallest) of the 8 dihedral variants
     phash_variants: tuple[int, ...]  # dHash of the image under each flip/90° rotation
+    descriptor: bytes  # descriptor.crop_descriptor: DCT coefficients of the centre crops (near_duplicate_method=dct)
 
 
-def inspect_image(data: bytes, max_image_pixels: int) -> ImageInfo:
-    """Decode `data` fully (a truncated file fails here) and hash it, or raise RejectedObject."""
+def inspect_image(data: bytes, max_image_pixels: int,
+                  reserve: Callable[[int], AbstractContextManager] = lambda _: nullcontext()) -> ImageInfo:
+    """Decode `data` fully (a truncated file fails here) and hash it, or raise RejectedObject.
+
+    Decoding and hashing run inside `reserve(decode_bytes(img))` (the reader's memory budget).
+    """
     if not data:
         raise RejectedObject("empty", "zero-byte object")
     sha256 = hashlib.sha256(data).hexdigest()
@@ -48,16 +57,52 @@ def inspect_image(data: bytes, max_image_pixels: int) -> ImageInfo:
                 raise RejectedObject("too_large", f"{width}x{height} = {width * height:,} pixels exceeds "
                                                   f"max_image_pixels={max_image_pixels:,}")
             if fmt == "JPEG":
-                img.draft("L", (2 * THUMB, 2 * THUMB))  # decode at 1/2..1/8 scale: same check, faster
-            img.load()  # GIF: first frame
-            variants = phash_variants(img)
+                img.draft("L", (2 * SIDE, 2 * SIDE))  # decode at 1/2..1/8 scale, >= 2x the descriptor thumbnail
+            with reserve(decode_bytes(img)):
+                img.load()  # GIF: first frame
+                source = _hash_source(img)
+                variants = phash_variants(source)
+                descriptor = crop_descriptor(source)
+                img.close()  # frees the pixels before the reservation ends
     except RejectedObject:
         raise
     except UnidentifiedImageError:
         raise RejectedObject("not_an_image", "Pillow cannot identify it as an image") from None
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         raise RejectedObject("corrupt", f"cannot be decoded: {exc}") from None
-    return ImageInfo(sha256, fmt, width, height, min(variants), variants)
+    return ImageInfo(sha256, fmt, width, height, min(variants), variants, descriptor)
+
+
+# --- memory bound (issue 16; the reader's MemoryBudget holds decode_bytes while an image is decoded) ---
+# An image with a short side of 2*REDUCED_SIDE or more is hashed from a box-reduced copy (short side >= REDUCED_SIDE):
+# the hash's full-size grayscale and float copies would cost 5 more bytes per pixel (a 9400x9400 PNG: 0.8 GB -> 0.35
+# GB). The hash moves by 0-4 bits of 64 (upscaled fish frames); JPEG's `draft` already decodes at a reduced scale.
+REDUCED_SIDE = 512
+DECODER_BYTES_PER_PIXEL = {"WEBP": 12}  # full-size buffers a decoder holds besides the image (libwebp's frame, copies)
+
+
+def _via_grayscale(mode: str) -> bool:
+    """Modes reduced through grayscale (the hash's first step anyway): `reduce` refuses them or copies them whole."""
+    return mode in ("1", "P", "LA", "PA", "RGBA") or mode.startswith("I;16")
+
+
+def _hash_source(img: Image.Image) -> Image.Image:
+    factor = min(img.size) // REDUCED_SIDE
+    if factor < 2:
+        return img
+    return (img.convert("L") if _via_grayscale(img.mode) else img).reduce(factor)
+
+
+def decode_bytes(img: Image.Image) -> int:
+    """Upper bound of the bytes that loading and hashing `img` (opened, `draft` applied, not loaded) allocate."""
+    width, height = img.size
+    pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4  # Pillow's storage
+    decoded = width * height * (pixel + DECODER_BYTES_PER_PIXEL.get(img.format or "", 0))
+    factor = min(img.size) // REDUCED_SIDE
+    if factor < 2:
+        return decoded + width * height * 5  # + the hash's grayscale and float copies
+    hashed = (width // factor + 1) * (height // factor + 1)
+    return decoded + width * height * _via_grayscale(img.mode) + hashed * (pixel + 5)
 
 
 _k = np.arange(THUMB)

@@ -14,6 +14,10 @@ DEDUPE_MODES = ("off", "exact", "near")
 # 21 cross-video pairs of 540k (a difference hash joined 419), so unrelated low-texture photos stay apart. Re-crops
 # of more than ~2% per side move the hash by 4-20 bits: name the source with group_pattern to catch those.
 DEFAULT_NEAR_DUPLICATE_DISTANCE = 4
+# near_duplicate_method: phash (the 64-bit hash above: flips, rotations, re-encodings) or dct (descriptor.py: also
+# rescaled and centre-cropped copies), and dct's cosine threshold; bench/near_duplicates.py measured both.
+NEAR_DUPLICATE_METHODS = ("phash", "dct")
+DEFAULT_NEAR_DUPLICATE_SIMILARITY = 0.95
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,8 @@ class IngestParams:
     test_ratio: float = 0.15
     dedupe: str = "near"
     near_duplicate_distance: int = DEFAULT_NEAR_DUPLICATE_DISTANCE
+    near_duplicate_method: str = "dct"
+    near_duplicate_similarity: float = DEFAULT_NEAR_DUPLICATE_SIMILARITY
     group_pattern: str = ""
     expected_num_classes: int = 0
     min_images_per_class: int = 1
@@ -33,6 +39,8 @@ class IngestParams:
     max_bad_fraction: float = 0.05
     max_workers: int = 16
     max_object_bytes: int = 256 * 2**20
+    memory_budget_mb: int = 512  # images being decoded at once: encoded bytes + decoded pixels (from headers)
+    allow_similar_class_names: bool = False  # else class folders differing only by case/spaces fail
 
     def __post_init__(self) -> None:
         check_ratios(self.ratios)
@@ -40,10 +48,17 @@ class IngestParams:
             raise ValueError(f"dedupe must be one of {', '.join(DEDUPE_MODES)}, got {self.dedupe!r}")
         if not 0 <= self.near_duplicate_distance <= 32:
             raise ValueError(f"near_duplicate_distance must be 0..32 bits, got {self.near_duplicate_distance}")
+        if self.near_duplicate_method not in NEAR_DUPLICATE_METHODS:
+            raise ValueError(f"near_duplicate_method must be one of {', '.join(NEAR_DUPLICATE_METHODS)}, got "
+                             f"{self.near_duplicate_method!r}")
+        if not 0 < self.near_duplicate_similarity <= 1:
+            raise ValueError(f"near_duplicate_similarity must be in (0, 1] (cosine), got {self.near_duplicate_similarity}")
         if self.group_pattern:
             compile_group_pattern(self.group_pattern)
         if self.max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
+        if self.memory_budget_mb < 1:
+            raise ValueError(f"memory_budget_mb must be >= 1 (MB of images decoded at once), got {self.memory_budget_mb}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ValueError(f"max_bad_fraction must be in [0, 1], got {self.max_bad_fraction}")
         if self.max_image_pixels < 1 or self.min_images_per_class < 1 or self.expected_num_classes < 0:
