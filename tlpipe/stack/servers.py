@@ -4,6 +4,7 @@ State lives in one folder (default `./.tlpipe`, or `$TLPIPE_HOME`):
   stack.json    ports, URLs and PIDs of the running servers
   stack.env     the connection variables of docs/DESIGN.md (mode 0600; `source` it to use the stack)
   s3/           SeaweedFS data;  s3-identities.json its access key (0600)
+  security.toml, tls/   SeaweedFS' certificates and signing keys (0600): only S3 (SigV4) answers without them
   mlflow/       MLflow's SQLite backend store (artifacts go to the `mlflow` bucket, proxied by the server)
   logs/         one log file per server
 
@@ -29,6 +30,7 @@ import requests
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.settings import S3Settings
+from tlpipe.stack import security
 
 log = get_logger("stack")
 
@@ -163,14 +165,8 @@ class Stack:
         access, secret = "TLPIPE" + secrets.token_hex(7).upper(), secrets.token_urlsafe(30)
         doc = {"identities": [{"name": "tlpipe", "credentials": [{"accessKey": access, "secretKey": secret}],
                                "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}
-        self._write_private(self.identities_file, json.dumps(doc))
+        security.write_private(self.identities_file, json.dumps(doc))
         return access, secret
-
-    @staticmethod
-    def _write_private(path: Path, text: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
 
     def env(self) -> dict[str, str]:
         """The connection variables (docs/DESIGN.md "Connections") that point a client at this stack."""
@@ -240,7 +236,8 @@ class Stack:
         """Start both servers (or keep them if they are already running and healthy) and write stack.env."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         servers = {n: s for n, s in self.servers().items() if s.running}
-        if set(servers) == {"s3", "mlflow"} and self.s3_healthy() and self.mlflow_healthy():
+        locked = (self.state_dir / "security.toml").exists()  # a stack started before the lock-down restarts
+        if set(servers) == {"s3", "mlflow"} and locked and self.s3_healthy() and self.mlflow_healthy():
             log.info("stack already up in %s", self.state_dir)
             return servers
         self.down()
@@ -248,6 +245,7 @@ class Stack:
         *seaweed_ports, mlflow_port = _free_ports(len(SEAWEED_PORTS) + 1)
         ports = dict(zip(SEAWEED_PORTS, seaweed_ports, strict=True))
         (self.state_dir / "s3").mkdir(exist_ok=True)
+        security.ensure(self.state_dir)  # read by weed from its working directory, the state folder
         weed = [
             _binary("weed"), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.state_dir / 's3'}",
             f"-master.port={ports['master']}", f"-master.port.grpc={ports['master_grpc']}",
@@ -258,7 +256,8 @@ class Stack:
             "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self.identities_file}",
         ]
         log.info("starting S3 server (SeaweedFS) on 127.0.0.1:%d", ports["s3"])
-        s3 = self._spawn("s3", weed, f"http://127.0.0.1:{ports['s3']}")
+        weed_env = {k: v for k, v in os.environ.items() if not k.startswith("WEED_")}  # would override the file
+        s3 = self._spawn("s3", weed, f"http://127.0.0.1:{ports['s3']}", env=weed_env)
         self._save({"s3": s3})
         try:
             self._wait(s3, self.s3_healthy, timeout)
@@ -283,7 +282,7 @@ class Stack:
         except BaseException:
             self.down()
             raise
-        self._write_private(self.env_file, "".join(f"export {k}={v}\n" for k, v in self.env().items()))
+        security.write_private(self.env_file, "".join(f"export {k}={v}\n" for k, v in self.env().items()))
         log.info("stack up: S3 %s, MLflow %s; connection variables in %s", s3.url, mlflow_server.url, self.env_file)
         return self.servers()
 
