@@ -1,11 +1,30 @@
-"""One logging format for every component, the CLI and the pipeline steps."""
+"""One logging format for every component, the CLI and the pipeline steps; third-party noise kept out.
+
+Importing this module (every step's core does, before TensorFlow is imported) turns TensorFlow's C++
+INFO/WARNING lines and MLflow's artifact progress bars off, unless TLPIPE_DEBUG=1 (or the variable is set).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
 
 _FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
+DEBUG_ENV = "TLPIPE_DEBUG"
+
+
+def debug_enabled() -> bool:
+    """Whether TLPIPE_DEBUG asks for everything (tracebacks, third-party output)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+if not debug_enabled():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TensorFlow's C++ library loads
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -18,6 +37,39 @@ def get_logger(name: str) -> logging.Logger:
         root.setLevel(logging.INFO)
         root.propagate = False
     return root.getChild(name)
+
+
+@contextlib.contextmanager
+def output_shown_on_failure(what: str) -> Iterator[None]:
+    """Keep what the block writes to stdout/stderr, C++ included (file descriptors 1 and 2), in a temporary
+    log that is printed to stderr only if the block raises. TLPIPE_DEBUG=1 lets everything through."""
+    if debug_enabled():
+        yield
+        return
+    with tempfile.TemporaryFile() as kept:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        try:
+            os.dup2(kept.fileno(), 1)
+            os.dup2(kept.fileno(), 2)
+            python = open(kept.fileno(), "w", closefd=False, errors="replace")  # sys.stdout may not be fd 1
+            try:
+                with python, contextlib.redirect_stdout(python), contextlib.redirect_stderr(python):
+                    yield
+            finally:
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+        except BaseException:
+            kept.seek(0)
+            text = kept.read().decode(errors="replace")
+            if text.strip():
+                sys.stderr.write(f"--- output of {what} ---\n{text.rstrip()}\n--- end of the output of {what} ---\n")
+                sys.stderr.flush()
+            raise
+        finally:
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def mask(secret: str | None) -> str:

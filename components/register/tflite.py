@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.log import get_logger, output_shown_on_failure
 
 log = get_logger("register")
 
@@ -26,7 +26,9 @@ def export(model, out_dir: str | Path) -> dict[str, Path]:
         if variant == "dynamic_range":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
         paths[variant] = out_dir / f"model_{variant}.tflite"
-        paths[variant].write_bytes(converter.convert())
+        with output_shown_on_failure(f"the TFLite {variant} conversion"):  # it prints every tensor it saves
+            flatbuffer = converter.convert()
+        paths[variant].write_bytes(flatbuffer)
         log.info("TFLite %s: %s (%.1f KiB)", variant, paths[variant], paths[variant].stat().st_size / 1024)
     return paths
 

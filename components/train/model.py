@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ log = get_logger("train.model")
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)  # keras.applications.imagenet_utils "caffe" mode, BGR order
 WEIGHTS_CACHE_ENV = "TLPIPE_WEIGHTS_CACHE"
+WEIGHTS_SUFFIXES = (".weights.h5", ".h5", ".keras")  # what Keras loads: weights (Keras 3, legacy), a model
+MOBILENET_V2_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)  # the widths keras.applications publishes weights for
 
 
 class WeightsError(ValueError):
@@ -45,11 +48,15 @@ def resolve_weights(weights: str | None, sha256: str | None = None) -> str | Non
         return None
     if weights == "imagenet":
         return "imagenet"
+    if not weights.endswith(WEIGHTS_SUFFIXES):
+        raise WeightsError(f"weights={weights!r}: expected 'imagenet', or a file (local or s3://) that is a "
+                           f"stock backbone's {' or '.join(WEIGHTS_SUFFIXES[:-1])} weights or a backbone .keras")
     if s3lib.is_s3_uri(weights):
         return str(_download_weights(weights, sha256))
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsError(f"weights={weights!r}: not 'imagenet', not an s3:// URI and no such file")
+        raise WeightsError(f"weights={weights!r}: no such file; expected 'imagenet', an s3:// URI, or the path "
+                           f"of a stock backbone's {' or '.join(WEIGHTS_SUFFIXES[:-1])} weights or of a backbone .keras")
     if sha256 and sha256_file(path) != sha256:
         raise WeightsError(f"weights file {path} has sha256 {sha256_file(path)}, expected {sha256}")
     return str(path)
@@ -95,8 +102,90 @@ def normalization_layer(backbone: str):
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
-def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: float = TrainParams.alpha):
-    """A `keras.applications` backbone without top; `weights` = 'imagenet' | weights file | None."""
+def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: float = TrainParams.alpha,
+                   source: str | None = None):
+    """A `keras.applications` backbone without top; `weights` = 'imagenet' | weights file | None.
+
+    A file that does not fit raises WeightsError naming `source` (the `weights` value given; default the file).
+    """
+    if weights in (None, "imagenet"):
+        return _application(backbone, image_size, weights, alpha)
+    model = _application(backbone, image_size, None, alpha)
+    load_weights_file(model, weights, backbone, alpha, source or weights)
+    return model
+
+
+def _expected(backbone: str, alpha: float) -> str:
+    width = f" with alpha={alpha}" if backbone == "MobileNetV2" else ""
+    return f"expected the .weights.h5 of a stock {backbone}{width} (include_top=False) or a backbone .keras"
+
+
+def _file_shapes(path: str) -> list[tuple[int, ...]]:
+    """The shapes of every tensor in an HDF5 weights file (Keras 3 .weights.h5 or legacy .h5)."""
+    import h5py
+
+    shapes: list[tuple[int, ...]] = []
+    with h5py.File(path, "r") as fh:
+        fh.visititems(lambda _, obj: shapes.append(tuple(obj.shape)) if isinstance(obj, h5py.Dataset) else None)
+    return shapes
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+    """MobileNetV2's channel rounding (keras.applications.mobilenet_v2._make_divisible)."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def _fitting_alphas(shapes: list[tuple[int, ...]], alpha: float) -> list[float]:
+    """The MobileNetV2 widths other than `alpha` whose backbone has exactly these tensor shapes.
+
+    The first convolution (the only 3x3 kernel over 3 input channels) has _make_divisible(32 * alpha) filters;
+    only the widths that agree are built and compared tensor by tensor (0.35 and 0.5 share that count).
+    """
+    first = [shape[-1] for shape in shapes if len(shape) == 4 and shape[:3] == (3, 3, 3)]
+    candidates = [a for a in MOBILENET_V2_ALPHAS if a != alpha and first and _make_divisible(32 * a) == first[0]]
+    return [a for a in candidates
+            if sorted(tuple(w.shape) for w in _application("MobileNetV2", 32, None, a).weights) == sorted(shapes)]
+
+
+def load_weights_file(model, path: str, backbone: str, alpha: float, source: str) -> None:
+    """Load a weights file into a stock `backbone` model; a WeightsError says why a file does not fit."""
+    from collections import Counter
+
+    if path.endswith(".keras"):
+        raise WeightsError(f"weights={source!r}: a .keras file is a saved backbone model, not weights for a "
+                           f"stock {backbone}; {_expected(backbone, alpha)}")
+    try:
+        shapes = _file_shapes(path)
+    except OSError as err:
+        reason = str(err).split("(", 1)[-1].rstrip(")")[:120]
+        raise WeightsError(f"weights={source!r}: not a readable HDF5 weights file ({reason}); "
+                           f"{_expected(backbone, alpha)}") from err
+    with warnings.catch_warnings(record=True) as caught:  # a file that does not fit warns once per layer
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(path)
+            cause = None
+        except (ValueError, OSError, KeyError) as err:
+            cause = err
+    if cause is None:
+        for warning in caught:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        return
+    expected = [tuple(w.shape) for w in model.weights]
+    unmatched = sum((Counter(shapes) - Counter(expected)).values())
+    width = f" with alpha={alpha}" if backbone == "MobileNetV2" else ""
+    problem = (f"weights={source!r}: does not fit a stock {backbone}{width} ({unmatched} of its {len(shapes)} "
+               f"tensors match none of the model's {len(expected)} in shape)")
+    fits = _fitting_alphas(shapes, alpha) if backbone == "MobileNetV2" else []
+    if fits:
+        raise WeightsError(f"{problem}; it fits MobileNetV2 with alpha={fits[0]}: pass alpha={fits[0]}, "
+                           f"or give weights made for alpha={alpha}") from cause
+    raise WeightsError(f"{problem}; {_expected(backbone, alpha)}") from cause
+
+
+def _application(backbone: str, image_size: int, weights: str | None, alpha: float):
+    """keras.applications' `backbone` without top, with weights None or 'imagenet'."""
     import keras
 
     shape = (image_size, image_size, 3)
@@ -111,13 +200,27 @@ def stock_backbone(backbone: str, image_size: int, weights: str | None, alpha: f
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
-def saved_backbone(path: str, image_size: int):
-    """A backbone model saved as `.keras` (raw 0-255 RGB in, last feature map out), resized to image_size."""
+def saved_backbone(path: str, image_size: int, source: str | None = None):
+    """A backbone model saved as `.keras` (raw 0-255 RGB in, last feature map out), resized to image_size.
+
+    A file that is not such a model raises WeightsError naming `source` (the `weights` value given).
+    """
+    import zipfile
+
     import keras
 
-    loaded = keras.saving.load_model(path, compile=False)
+    source = source or path
+    expected = "expected a backbone saved by model.save('….keras') (one image input, one 4-D feature map output)"
+    if not zipfile.is_zipfile(path):
+        raise WeightsError(f"weights={source!r}: not a Keras model archive (a .keras file is a zip); {expected}")
+    try:
+        loaded = keras.saving.load_model(path, compile=False)
+    except Exception as err:  # Keras raises many types for a damaged or foreign archive
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"weights={source!r}: Keras cannot load it ({reason}); {expected}") from err
     if len(loaded.inputs) != 1 or len(loaded.outputs) != 1 or len(loaded.outputs[0].shape) != 4:
-        raise WeightsError(f"{path}: a backbone model needs one image input and one 4-D feature map output")
+        raise WeightsError(f"weights={source!r}: a backbone model needs one image input and one 4-D feature map "
+                           f"output; {expected}")
     config = loaded.get_config()
     inputs = [layer for layer in config["layers"] if layer["class_name"] == "InputLayer"]
     inputs[0]["config"]["batch_shape"] = [None, image_size, image_size, 3]
@@ -149,11 +252,12 @@ def build_classifier(
     if len(dense_units) != len(dropouts):
         raise ValueError(f"dense_units {dense_units} and dropouts {dropouts} must have the same length")
     resolved = resolve_weights(weights)
+    source = weights if weights == resolved else f"{weights} (cached as {resolved})"
     inputs = keras.Input((image_size, image_size, 3), name="image")
     if resolved is not None and resolved.endswith(".keras"):
-        base, x = saved_backbone(resolved, image_size), inputs
+        base, x = saved_backbone(resolved, image_size, source), inputs
     else:
-        base = stock_backbone(backbone, image_size, resolved, alpha)
+        base = stock_backbone(backbone, image_size, resolved, alpha, source)
         norm = normalization_layer(backbone)
         x = norm(inputs) if norm is not None else inputs
     base.name = "backbone"

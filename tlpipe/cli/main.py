@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from tlpipe.components.common.log import debug_enabled
+
 # Each module defines add_commands(subparsers) and imports heavy libraries (TensorFlow, Spark) lazily,
 # so `tlpipe --help` stays fast.
 COMMAND_MODULES = (
@@ -99,7 +101,9 @@ def error_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("TLPIPE_DEBUG", "").lower() in ("1", "true", "yes")
+    if args.debug:
+        os.environ["TLPIPE_DEBUG"] = "1"  # the step subprocesses keep their full output too
+    debug = debug_enabled()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
