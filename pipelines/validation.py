@@ -124,6 +124,10 @@ PARAMETERS: dict[str, Parameter] = {
     "seed": Parameter(int, TrainParams.seed),
     "group_pattern": Parameter(str, IngestParams.group_pattern, _ingest("group_pattern")),
     "dedupe": Parameter(str, IngestParams.dedupe, _ingest("dedupe")),
+    "near_duplicate_method": Parameter(str, IngestParams.near_duplicate_method, _ingest("near_duplicate_method")),
+    "near_duplicate_similarity": Parameter(float, IngestParams.near_duplicate_similarity,
+                                           _ingest("near_duplicate_similarity")),
+    "allow_similar_class_names": Parameter(bool, IngestParams.allow_similar_class_names),
     "resize_mode": Parameter(str, PreprocessParams.resize_mode, lambda value, params: check_resize_mode(value)),
     "spark_backend": Parameter(str, PreprocessParams.spark_backend, lambda value, params: check_backend(value)),
     "spark_options": Parameter(dict, {}),  # its keys are the backend's: the preprocess step checks them

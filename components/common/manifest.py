@@ -1,7 +1,8 @@
 """The `manifest` artifact (docs/DESIGN.md §2): its one owner. Ingest writes it; preprocess and register read it.
 
 A folder holding `manifest.parquet` (one row per accepted image, columns `MANIFEST_SCHEMA`), `classes.json`
-(the class index) and `ingest_report.json` (counts and every rejected object). pyarrow is imported lazily, so
+(the class index), `ingest_report.json` (counts and every rejected object) and `ingest_report.html` (the same for
+a person, with thumbnails of merged near-duplicates). pyarrow is imported lazily, so
 the images without it (train) can still use the class index and the hash.
 """
 
@@ -20,6 +21,7 @@ from tlpipe.components.common.hashing import sha256_file
 MANIFEST_FILE = "manifest.parquet"
 CLASSES_FILE = "classes.json"
 REPORT_FILE = "ingest_report.json"
+REPORT_HTML_FILE = "ingest_report.html"  # the same report for a person: counts, group sizes, merged pairs' thumbnails
 # (name, pyarrow type name) of every column, in order
 COLUMNS = (("uri", "string"), ("label", "string"), ("label_index", "int32"), ("split", "string"),
            ("sha256", "string"), ("phash", "string"), ("group", "string"), ("bytes", "int64"),
@@ -58,7 +60,7 @@ def _write_json(path: Path, doc: dict) -> None:
 def clear(manifest_dir: PathLike) -> None:
     """Remove the artifact's files (and leftover temporary ones): a writer calls it before any work, so that a run
     that fails at any point never leaves an earlier run's files looking current."""
-    for name in (MANIFEST_FILE, CLASSES_FILE, REPORT_FILE):
+    for name in (MANIFEST_FILE, CLASSES_FILE, REPORT_FILE, REPORT_HTML_FILE):
         for path in (Path(manifest_dir, name), Path(manifest_dir, f".{name}.tmp")):
             path.unlink(missing_ok=True)
 
@@ -66,6 +68,14 @@ def clear(manifest_dir: PathLike) -> None:
 def write_report(manifest_dir: PathLike, report: dict) -> None:
     Path(manifest_dir).mkdir(parents=True, exist_ok=True)
     _write_json(Path(manifest_dir, REPORT_FILE), report)
+
+
+def write_report_html(manifest_dir: PathLike, html: str) -> None:
+    """Atomically, like the JSON report."""
+    path = Path(manifest_dir, REPORT_HTML_FILE)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
 
 
 def write(manifest_dir: PathLike, columns: dict[str, list], classes: list[str]) -> str:

@@ -2,7 +2,8 @@
 
 Input layout (docs/DESIGN.md §1): s3://bucket/prefix/<class>/<any sub-path>/<file>. Output (docs/DESIGN.md §2),
 in `out_dir`: manifest.parquet (one row per accepted image), classes.json, ingest_report.json (counts and every
-rejected object with its reason). Accepted + rejected always equals the objects listed (hidden and system files
+rejected object with its reason), ingest_report.html (the same for a person, with thumbnails of the merged
+near-duplicate pairs nearest the threshold). Accepted + rejected always equals the objects listed (hidden and system files
 aside: they are only counted). A run first removes those files from `out_dir`, so that a run which fails at any
 point never leaves an earlier run's output looking current.
 """
@@ -21,7 +22,7 @@ from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.common.settings import S3Settings
 from tlpipe.components.ingest import report as reportlib
-from tlpipe.components.ingest import tracking
+from tlpipe.components.ingest import report_html, tracking
 from tlpipe.components.ingest.grouping import group_ids, reject_duplicates
 from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.ingest.reader import read_all
@@ -51,6 +52,8 @@ def ingest(
     test_ratio: float = IngestParams.test_ratio,
     dedupe: str = IngestParams.dedupe,
     near_duplicate_distance: int = IngestParams.near_duplicate_distance,
+    near_duplicate_method: str = IngestParams.near_duplicate_method,
+    near_duplicate_similarity: float = IngestParams.near_duplicate_similarity,
     group_pattern: str = IngestParams.group_pattern,
     expected_num_classes: int = IngestParams.expected_num_classes,
     min_images_per_class: int = IngestParams.min_images_per_class,
@@ -72,7 +75,8 @@ def ingest(
     """
     params = IngestParams(
         train_ratio=train_ratio, val_ratio=val_ratio, test_ratio=test_ratio, dedupe=dedupe,
-        near_duplicate_distance=near_duplicate_distance, group_pattern=group_pattern,
+        near_duplicate_distance=near_duplicate_distance, near_duplicate_method=near_duplicate_method,
+        near_duplicate_similarity=near_duplicate_similarity, group_pattern=group_pattern,
         expected_num_classes=expected_num_classes, min_images_per_class=min_images_per_class,
         allow_small_classes=allow_small_classes, max_image_pixels=max_image_pixels,
         max_bad_fraction=max_bad_fraction, max_workers=max_workers, max_object_bytes=max_object_bytes,
@@ -100,7 +104,9 @@ def ingest(
     assert len(accepted) + len(rejected) == len(listed), "every listed object is either accepted or rejected"
 
     classes = sorted({x.label for x in accepted})
-    groups, unmatched = group_ids(accepted, dedupe, near_duplicate_distance, group_pattern)
+    merged: list[tuple[str, str, float]] = []
+    groups, unmatched = group_ids(accepted, dedupe, near_duplicate_distance, group_pattern,
+                                  method=near_duplicate_method, similarity=near_duplicate_similarity, merged=merged)
     group_labels: dict[str, list[str]] = defaultdict(list)
     for item, group in zip(accepted, groups, strict=True):
         group_labels[group].append(item.label)
@@ -108,8 +114,10 @@ def ingest(
     splits = [assignment[g] for g in groups]
 
     report = reportlib.build(root_uri, listed, accepted, rejected, classes, groups, splits, markers, hidden,
-                             unmatched, params)
+                             unmatched, merged, params)
     manifest.write_report(out_dir, report)
+    manifest.write_report_html(out_dir, report_html.render(report, report_html.thumbnails(
+        s3, settings.endpoint_url, reportlib.sampled_uris(report))))
     reportlib.check(report, classes, root_uri, params)
 
     class_to_index = manifest.class_index(classes)["class_to_index"]

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.examples import SPLITS
 from tlpipe.components.common.log import get_logger
-from tlpipe.components.common.manifest import REPORT_FILE
+from tlpipe.components.common.manifest import REPORT_FILE, REPORT_HTML_FILE
 from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.ingest.reader import Listed
 
@@ -25,14 +25,17 @@ class IngestError(RuntimeError):
 
 
 # The parameters the report records, in this order.
-RECORDED_PARAMS = ("dedupe", "near_duplicate_distance", "group_pattern", "max_image_pixels", "max_bad_fraction",
-                   "max_object_bytes")
+RECORDED_PARAMS = ("dedupe", "near_duplicate_method", "near_duplicate_distance", "near_duplicate_similarity",
+                   "group_pattern", "max_image_pixels", "max_bad_fraction", "max_object_bytes",
+                   "allow_similar_class_names")
+MERGED_SAMPLE = 24  # near-duplicate pairs the report shows: the weakest merges, nearest the threshold
 
 
 def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected: list[Listed], classes: list[str],
           groups: list[str], splits: list[str], markers: int, hidden: int, unmatched: int,
-          params: IngestParams) -> dict:
-    """The report document of one run (`groups` and `splits`: those of each accepted image)."""
+          merged: list[tuple[str, str, float]], params: IngestParams) -> dict:
+    """The report document of one run (`groups` and `splits`: those of each accepted image; `merged`: the
+    near-duplicate pairs that grouping.group_ids joined, as (key, key, score))."""
     ratios = params.ratios
     per_class = {c: dict.fromkeys((*SPLITS, "total"), 0) for c in classes}
     for item, split in zip(accepted, splits, strict=True):
@@ -59,6 +62,8 @@ def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected:
         "num_groups": len(group_sizes),
         "largest_group": max(group_sizes.values(), default=0),
         "groups_with_more_than_one_image": sum(1 for n in group_sizes.values() if n > 1),
+        "group_sizes": {str(size): count for size, count in sorted(Counter(group_sizes.values()).items())},
+        "near_duplicates": _near_duplicates(merged, accepted, bucket, params),
         "group_pattern_unmatched": unmatched,
         "warnings": _warnings(group_sizes, len(accepted), unmatched, ratios) + _similar_names_warnings(classes, params),
         "ratios": ratios,
@@ -66,6 +71,32 @@ def build(root_uri: str, listed: list[Listed], accepted: list[Listed], rejected:
         "rejected_objects": [{"uri": s3lib.join_uri(bucket, x.key), "reason": x.reason, "detail": x.detail}
                              for x in rejected],
     }
+
+
+def _near_duplicates(merged: list[tuple[str, str, float]], accepted: list[Listed], bucket: str,
+                     params: IngestParams) -> dict:
+    """How near-duplicates were found, how many pairs were joined, and the MERGED_SAMPLE weakest of them."""
+    if params.dedupe != "near":
+        return {"method": "off", "merged_pairs": 0, "sample": []}
+    dct = params.near_duplicate_method == "dct"
+    by_key = {x.key: x for x in accepted}
+    weakest = sorted(merged, key=lambda p: (p[2] if dct else -p[2], p[0], p[1]))[:MERGED_SAMPLE]
+    return {
+        "method": params.near_duplicate_method,
+        "score": "cosine similarity (>= threshold)" if dct else "Hamming distance in bits (<= threshold)",
+        "threshold": params.near_duplicate_similarity if dct else params.near_duplicate_distance,
+        "merged_pairs": len(merged),
+        "sample": [{"a": s3lib.join_uri(bucket, a), "b": s3lib.join_uri(bucket, b), "score": score,
+                    "labels": [by_key[a].label, by_key[b].label],
+                    "sizes": [[by_key[k].info.width, by_key[k].info.height] for k in (a, b)]}
+                   for a, b, score in weakest],
+    }
+
+
+def sampled_uris(report: dict) -> list[str]:
+    """The URIs of the images in the report's sample of merged pairs, each once."""
+    pairs = report["near_duplicates"]["sample"]
+    return list(dict.fromkeys(uri for pair in pairs for uri in (pair["a"], pair["b"])))
 
 
 def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, float]) -> list[str]:
@@ -76,7 +107,8 @@ def _warnings(group_sizes: Counter, n: int, unmatched: int, ratios: dict[str, fl
     if largest >= 10 and largest > smallest * n:
         out.append(f"the largest split group holds {largest} of {n} images, more than the smallest split's share "
                    f"({smallest:.0%}): near-duplicate chains or a broad group_pattern merged many images; check "
-                   f"near_duplicate_distance / group_pattern")
+                   f"the merged pairs in {REPORT_HTML_FILE}, near_duplicate_similarity (dct) or "
+                   f"near_duplicate_distance (phash), and group_pattern")
     if unmatched:
         out.append(f"group_pattern did not match {unmatched} of {n} keys: those are grouped by content only")
     for warning in out:

@@ -45,6 +45,9 @@ def test_upload_is_resumable_and_ingest_cli_writes_the_manifest(stack, bucket, t
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert printed["num_images"] == len(rows) == 14 and printed["rejected"] == 1
     assert printed["classes"] == ["class_00", "class_01", "class_02"]
+    assert printed["hidden_ignored"] == 0 and printed["near_duplicate_pairs_merged"] == 0  # upload skipped .DS_Store
+    assert printed["report"] == str(out / "ingest_report.html") and "<h2>Near-duplicates</h2>" in Path(
+        printed["report"]).read_text()
     assert all(r["uri"].startswith(f"{uri}/class_") for r in rows)
 
 
@@ -57,7 +60,8 @@ def test_kfp_adapter_writes_the_artifact_and_metadata(stack, bucket, tmp_path, k
     s3lib.upload_dir(s3_client, write_dataset(tmp_path / "data", num_classes=3, per_class=6, size=32)[0].parents[1],
                      f"s3://{bucket}/ds")
     op = dsl.component(ingest_op, base_image=ImageSettings().for_step("ingest"), install_kfp_package=False)
-    task = op(data_uri=f"s3://{bucket}/ds", max_workers=4, expected_num_classes=3)
+    task = op(data_uri=f"s3://{bucket}/ds", max_workers=4, expected_num_classes=3, near_duplicate_method="phash",
+              memory_budget_mb=64)
     assert task.outputs["Output"] == 3
     manifest = task.outputs["manifest"]
     rows = pq.read_table(f"{manifest.path}/manifest.parquet").to_pylist()
@@ -65,6 +69,9 @@ def test_kfp_adapter_writes_the_artifact_and_metadata(stack, bucket, tmp_path, k
     assert meta["num_images"] == len(rows) == 18 and meta["num_classes"] == 3
     assert meta["num_train"] + meta["num_val"] + meta["num_test"] == 18 and min(meta["num_val"], meta["num_test"]) >= 3
     assert meta["num_groups"] == 18
+    report = json.loads(Path(manifest.path, "ingest_report.json").read_text())
+    assert report["near_duplicates"]["method"] == "phash" and report["params"]["near_duplicate_method"] == "phash"
+    assert Path(manifest.path, "ingest_report.html").is_file()
     assert meta["manifest_sha256"] == hashlib.sha256(Path(manifest.path, "manifest.parquet").read_bytes()).hexdigest()
 
 
