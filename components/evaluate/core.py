@@ -25,6 +25,7 @@ from tlpipe.components.evaluate.params import EvaluateParams
 log = get_logger("evaluate")
 
 REPORT_FILE = "report.html"
+TUNE_FILE = "best_params.json"  # what the tune step writes (components/train/tune.py BEST_FILE)
 SCRATCH_STAGE = "scratch"
 # From the simplest stage to the most complex: frozen trains only the head on a fixed backbone, finetuned also
 # the top of the backbone, scratch every weight. A tie on val goes to the simpler one: it generalises at least
@@ -107,6 +108,24 @@ def _transfer_vs_scratch(candidates: dict[str, dict], correct: dict[str, np.ndar
                      f"interval [{low:+.3f}, {high:+.3f}] over {len(correct[SCRATCH_STAGE])} images; {verdict}.")}
 
 
+def chance_level(correct: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
+    """Test accuracy vs always answering the split's most frequent class: paired bootstrap 95 % interval.
+
+    `at_chance` when the interval of the difference reaches 0 (the accuracy is within the bootstrap interval of
+    the majority-class rate) or lies below it: the model has not shown that it learned anything.
+    """
+    majority = int(np.bincount(labels, minlength=len(classes)).argmax())
+    diff, low, high = scoring.bootstrap_difference(correct, labels == majority)
+    at_chance = bool(low <= 0)
+    accuracy, rate = float(correct.mean()), float((labels == majority).mean())
+    verdict = "above chance" if not at_chance else "below chance level" if high < 0 else "at chance level"
+    return {"majority_class": classes[majority], "majority_rate": rate, "difference": diff, "ci_low": low,
+            "ci_high": high, "at_chance": at_chance, "verdict": verdict,
+            "line": (f"test accuracy {accuracy:.3f} vs {rate:.3f} for always answering {classes[majority]} "
+                     f"(the majority class): difference {diff:+.3f}, bootstrap 95 % interval [{low:+.3f}, "
+                     f"{high:+.3f}]; {verdict}.")}
+
+
 def _warn_absent(split: str, metrics: dict, classes: list[str]) -> None:
     if metrics["absent_classes"]:
         log.warning("the %s split has no images of %s: macro precision/recall/F1 are over the %d classes present",
@@ -121,13 +140,16 @@ def evaluate(
     top_k: int = EvaluateParams.top_k,
     metadata: dict[str, dict] | None = None,
     latency_repeats: int = EvaluateParams.latency_repeats,
+    tune_dir: str | Path | None = None,
 ) -> dict:
     """Score every model of `model_dirs` ({stage: folder}) on val and test, choose on val; write the report.
 
     `metadata` ({stage: KFP artifact metadata}) is recorded per candidate; a stage without an entry gets its
-    artifact's metadata.json. Writes evaluation.json and report.html into `out_dir`; returns the evaluation:
+    artifact's metadata.json. `tune_dir`: the tune step's output (best_params.json and the study's plots), shown
+    in the report. Writes evaluation.json and report.html into `out_dir`; returns the evaluation:
     per-candidate test `metrics`, `val_metrics`, reliability bins and latency, best_stage, best_score (its val
-    `selection_metric`), explanation, absent_classes, transfer_vs_scratch, most_confused pairs.
+    `selection_metric`), explanation, absent_classes, transfer_vs_scratch, most_confused pairs, at_chance (the
+    stages whose test accuracy is within the bootstrap interval of the majority-class rate, see chance_level).
     """
     EvaluateParams(selection_metric=selection_metric, top_k=top_k, latency_repeats=latency_repeats).validate()
     if not model_dirs:
@@ -166,11 +188,14 @@ def evaluate(
         log.info("%s: val %s %.4f; test accuracy %.4f, macro F1 %.4f; %.2f ms/image at batch 1", stage,
                  selection_metric, val_metrics[selection_metric], metrics["accuracy"], metrics["macro_f1"],
                  latency["batch_1"]["median_ms"])
+        correct[stage] = probs.argmax(axis=1) == labels
+        chance = chance_level(correct[stage], labels, classes)
+        if chance["at_chance"]:
+            log.warning("%s is %s: %s", stage, chance["verdict"], chance["line"])
         candidates[stage] = {"status": "scored", "metrics": metrics, "val_metrics": val_metrics,
                              "reliability": scoring.reliability_bins(probs, labels), "latency": latency,
-                             "metadata": meta}
+                             "chance": chance, "metadata": meta}
         probabilities[stage] = probs
-        correct[stage] = probs.argmax(axis=1) == labels
         histories[stage] = info["history"]
     scored = {s: c for s, c in candidates.items() if c["status"] == "scored"}
     if not scored:
@@ -189,6 +214,7 @@ def evaluate(
         "best_stage": best, "best_score": float(scored[best]["val_metrics"][selection_metric]),
         "explanation": explanation, "candidates": candidates, "most_confused": confused,
         "transfer_vs_scratch": _transfer_vs_scratch(candidates, correct),
+        "at_chance": [s for s, c in scored.items() if c["chance"]["at_chance"]],
     }
     log.info("transfer vs scratch: %s", result["transfer_vs_scratch"]["line"])
 
@@ -198,10 +224,23 @@ def evaluate(
         for pair in confused]
     figures = html_report.figures(result, histories, scoring.precision_recall_curves(probabilities[best], labels,
                                                                                      classes))
+    result["tune"] = read_tune(tune_dir)
+    figures.update(result["tune"].pop("figures", {}))
     (out_dir / REPORT_FILE).write_text(html_report.render(result, figures, thumbs), encoding="utf-8")
     (out_dir / EVALUATION_FILE).write_text(json.dumps(result, indent=2))
     log.info("wrote %s and %s", out_dir / REPORT_FILE, out_dir / EVALUATION_FILE)
     return result
+
+
+def read_tune(tune_dir: str | Path | None) -> dict:
+    """The tune step's choice (its best_params.json) and its study plots as data URIs; {} without a tune step."""
+    if tune_dir is None or not (Path(tune_dir) / TUNE_FILE).is_file():
+        return {}
+    best = json.loads((Path(tune_dir) / TUNE_FILE).read_text())
+    figures = {f"tune:{name}": html_report.data_uri((Path(tune_dir) / name).read_bytes())
+               for name in best.get("plots", []) if (Path(tune_dir) / name).is_file()}
+    keep = ("tune", "line", "cv_accuracy", "train_params", "trials", "folds")
+    return {**{k: best[k] for k in keep if k in best}, "figures": figures}
 
 
 def copy_best(result: dict, model_dirs: dict[str, str | Path], dest: str | Path) -> Path:
@@ -240,6 +279,7 @@ def flat_metrics(result: dict) -> dict[str, float]:
         flat[f"{stage}_latency_ms_b1"] = lat["batch_1"]["median_ms"]
         flat[f"{stage}_latency_ms_b1_p90"] = lat["batch_1"]["p90_ms"]
         flat[f"{stage}_latency_ms_per_image_b32"] = lat["batch_32"]["median_ms_per_image"]
+        flat[f"{stage}_above_chance"] = float(not cand["chance"]["at_chance"])
     tvs = result["transfer_vs_scratch"]
     if "difference" in tvs:
         flat.update(transfer_minus_scratch=tvs["difference"], transfer_minus_scratch_ci_low=tvs["ci_low"],
@@ -265,7 +305,10 @@ def log_to_mlflow(result: dict, out_dir: str | Path, kfp_run_id: str, experiment
                            "num_val_examples": result["num_val_examples"],
                            "num_test_examples": result["num_test_examples"]})
         mlflow.log_metrics(flat_metrics(result))
-        mlflow.set_tag("mlflow.note.content", f"{result['explanation']}\n\n{result['transfer_vs_scratch']['line']}")
+        chance = "".join(f"\n\n{s} is {result['candidates'][s]['chance']['verdict']}: "
+                         f"{result['candidates'][s]['chance']['line']}" for s in result["at_chance"])
+        mlflow.set_tag("mlflow.note.content",
+                       f"{result['explanation']}\n\n{result['transfer_vs_scratch']['line']}{chance}")
         mlflow.log_artifact(str(Path(out_dir) / REPORT_FILE))
         mlflow.log_artifact(str(Path(out_dir) / EVALUATION_FILE))
         result["mlflow_run_id"] = run.info.run_id

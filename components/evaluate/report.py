@@ -168,6 +168,28 @@ def _absent_warning(split: str, absent: list[str], classes: list[str]) -> str:
             f"present, not counting the absent ones as 0.</p>")
 
 
+def _chance(result: dict) -> str:
+    """Per scored stage, its test accuracy against the majority-class rate; a warning for those at chance."""
+    items = []
+    for stage, cand in result["candidates"].items():
+        if cand["status"] == "scored":
+            chance = cand["chance"]
+            label = (f"<b>{html.escape(stage)} is {chance['verdict']}:</b>" if chance["at_chance"]
+                     else f"{html.escape(stage)}:")
+            items.append(f"<li class='{'warn' if chance['at_chance'] else ''}'>{label} {html.escape(chance['line'])}</li>")
+    return f"<ul>{''.join(items)}</ul>"
+
+
+def _tune(result: dict, figures: dict) -> str:
+    """The recipe search: the tune step's choice and Optuna's plots; empty without a tune step."""
+    found = result.get("tune") or {}
+    if not found:
+        return ""
+    plots = "".join(_img(uri, f"tune: {name.split(':', 1)[1].removesuffix('.png').replace('_', ' ')}", "")
+                    for name, uri in figures.items() if name.startswith("tune:"))
+    return f"<h2>Recipe search (tune={html.escape(found['tune'])})</h2><p>{html.escape(found['line'])}</p>{plots}"
+
+
 def _img(uri: str | None, alt: str, missing: str) -> str:
     return f"<img src='{uri}' alt='{html.escape(alt)}'>" if uri else f"<p class='note'>{html.escape(missing)}</p>"
 
@@ -213,6 +235,9 @@ def render(result: dict, figures: dict[str, str | None], confused_thumbs: list[l
 goes to the simpler stage (frozen, then finetuned, then scratch). The test split ({result['num_test_examples']}
 images) is only reported: it took no part in the choice, so the test figures below are not inflated by it.</p>
 <p><b>Transfer vs scratch:</b> {e(result['transfer_vs_scratch']['line'])}</p>
+<p><b>Chance level</b> (a stage whose test accuracy is within the bootstrap 95 % interval of always answering the
+majority class has not shown that it learned anything):</p>
+{_chance(result)}
 {warnings}
 <p class="note">{len(classes)} classes; top-k with k={result['top_k']}. Latency: CPU, compiled tf.function,
 median / p90 over {result['latency_repeats']} runs.</p>
@@ -220,6 +245,7 @@ median / p90 over {result['latency_repeats']} runs.</p>
 <table><tr><th>stage</th><th>val {e(metric)} (chooses)</th>{head}
 <th>ms/image, batch 1</th><th>ms/image, batch 32</th></tr>
 {''.join(rows)}</table>
+{_tune(result, figures)}
 <h2>Calibration (test): reliability diagrams and ECE</h2>
 <p class="note">ECE (expected calibration error) is the gap between confidence and accuracy, averaged over 15
 confidence bins weighted by their share of images. Bars below the diagonal: over-confident in that bin.</p>

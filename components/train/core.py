@@ -98,9 +98,9 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
     log.info("%s: %d classes, %d px, %d train images, epochs %d..%d, feature_cache=%s, augment=%s",
              stage, len(classes), image_size, inputs.num_train, state["epoch"] + 1, epochs,
              params.feature_cache, params.augment and params.feature_cache != "on")
-    if params.feature_cache == "on" and params.augment:
-        log.warning("feature_cache=on trains on un-augmented features: augmentation is not applied "
-                    "(use feature_cache=augmented:K for augmented views)")
+    if params.feature_cache in ("on", "flips") and params.augment:
+        log.warning("feature_cache=%s trains on un-augmented features: augmentation is not applied "
+                    "(use feature_cache=augmented:K for augmented views)", params.feature_cache)
     backbone = model_artifact.read_metadata(frozen_model_dir)["backbone"] if frozen_model_dir else params.backbone
     with tracking.tracking(stage, state, track, experiment, kfp_run_id) as run:
         if run is not None and state["mlflow_run_id"] is None:
@@ -144,27 +144,29 @@ def _score_start(stage: str, trainer: Trainer, inputs: StageData, checkpoint: Ch
     Early stopping then restores them when no epoch beats their monitored val metric: fine-tuning never
     ends worse on val than the model it started from.
     """
-    val = trainer.fitted.evaluate(inputs.val_data, verbose=0, return_dict=True)
-    start = {"val_loss": float(val["loss"]), "val_accuracy": float(val["accuracy"])}
+    start = trainer.validate(inputs)
     state.update(best=start, best_epoch=-1, start=start)
-    log.info("%s starts from val_loss %.4f val_acc %.4f", stage, val["loss"], val["accuracy"])
+    log.info("%s starts from val_loss %.4f val_acc %.4f", stage, start["val_loss"], start["val_accuracy"])
     checkpoint.save(trainer.fitted, state, improved=True)  # the checkpoint "after 0 epochs", best so far
 
 
 def _epochs(stage: str, p: TrainParams, trainer: Trainer, inputs: StageData, checkpoint: Checkpoint,
             state: dict, track: bool) -> None:
-    """Train the remaining epochs; checkpoint after each; stop early on the monitored val metric."""
+    """Train the remaining epochs; checkpoint after each; stop early on the monitored val metric.
+
+    Val is scored after each epoch by `Trainer.validate` (scratch: with re-estimated BatchNorm statistics).
+    """
     epochs = p.stage_epochs(stage)
     while state["epoch"] < epochs and not state.get("stopped_early"):
         epoch = state["epoch"]
         tic = time.perf_counter()
-        fit = trainer.fitted.fit(inputs.epoch_data(epoch), validation_data=inputs.val_data, epochs=epoch + 1,
-                                 initial_epoch=epoch, class_weight=trainer.class_weight, shuffle=False, verbose=0)
+        fit = trainer.fitted.fit(inputs.epoch_data(epoch), epochs=epoch + 1, initial_epoch=epoch,
+                                 class_weight=trainer.class_weight, shuffle=False, verbose=0)
+        val = trainer.validate(inputs)
         seconds = time.perf_counter() - tic
         h = {k: float(v[-1]) for k, v in fit.history.items()}
-        row = {"epoch": epoch, "train_accuracy": h["accuracy"], "train_loss": h["loss"],
-               "val_accuracy": h["val_accuracy"], "val_loss": h["val_loss"], "seconds": round(seconds, 3),
-               "images_per_second": round(inputs.num_train / seconds, 1)}
+        row = {"epoch": epoch, "train_accuracy": h["accuracy"], "train_loss": h["loss"], **val,
+               "seconds": round(seconds, 3), "images_per_second": round(inputs.num_train / seconds, 1)}
         state["history"].append(row)
         log.info("%s epoch %d/%d: loss %.4f acc %.4f val_loss %.4f val_acc %.4f (%.1fs, %.0f img/s)",
                  stage, epoch + 1, epochs, row["train_loss"], row["train_accuracy"], row["val_loss"],

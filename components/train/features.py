@@ -1,8 +1,9 @@
 """What a stage trains and evaluates on: the decoded images, or (feature_cache) their pooled backbone features.
 
-`feature_cache=on` computes the features of the un-augmented train and val images once, `augmented:K` K
-augmented views of every train image (epoch e trains on view e mod K); the head alone is then fitted on them.
-The features are kept in the checkpoint folder, so a resumed stage does not compute them again.
+`feature_cache=on` computes the features of the un-augmented train and val images once, `flips` those of the
+images and of their mirror images, `augmented:K` K augmented views of every train image (epoch e trains on view
+e mod K); the head alone is then fitted on them. The features are kept in the checkpoint folder, so a resumed
+stage does not compute them again. The tune step computes its features with the same functions.
 """
 
 from __future__ import annotations
@@ -49,10 +50,11 @@ class StageData:
             log.info("feature cache: reusing %s", self.cache_file)
         else:
             started = time.perf_counter()
-            augment = data.augmentation(self.params.seed) if self.params.feature_cache != "on" else None
             self.train_features, self.train_labels = [], None
+            design = data.augmentation(self.params.seed)  # one stack for all views: its random state advances
             for view in range(self.views):
-                feats, self.train_labels = self.extract(self.train_images, augment)
+                feats, self.train_labels = self.extract(self.train_images, view_augmentation(
+                    self.params.feature_cache, view, design))
                 self.train_features.append(feats)
                 log.info("feature cache: view %d/%d of %d train images", view + 1, self.views, self.num_train)
             self.train_features = np.stack(self.train_features)
@@ -79,28 +81,51 @@ class StageData:
 
     def clean_train_features(self):
         """Features of the un-augmented train images (for the final evaluation)."""
-        if self.params.feature_cache == "on":
+        if self.params.feature_cache in ("on", "flips"):
             return self.train_features[0]
         return self.extract(self.train_images, None)[0]
 
     def extract(self, images, augment):
-        """Pooled backbone features (and labels) of a split, optionally through the augmentation layers."""
-        import keras
-        import tensorflow as tf
+        """Pooled backbone features (and labels) of a split, optionally through `augment` (training mode)."""
+        if augment not in self._feature_fns:
+            self._feature_fns[augment] = feature_function(self.classifier, augment)
+        return extract(self._feature_fns[augment], images, self.params.batch_size)
 
-        key = augment is not None
-        if key not in self._feature_fns:
-            extractor = keras.Model(self.classifier.inputs, self.classifier.get_layer("pool").output)
 
-            @tf.function
-            def features(x):
-                if augment is not None:
-                    x = augment(x, training=True)
-                return extractor(x, training=False)
+def view_augmentation(feature_cache: str, view: int, design):
+    """What makes train view `view` of a feature cache: None (the image), `flip`, or `design` (augmented:K)."""
+    if feature_cache == "on" or (feature_cache == "flips" and view == 0):
+        return None
+    return flip if feature_cache == "flips" else design
 
-            self._feature_fns[key] = features
-        feats, labels = [], []
-        for x, y in data.batches(images, self.params.batch_size):
-            feats.append(self._feature_fns[key](x).numpy().astype("float32"))
-            labels.append(y.numpy())
-        return np.concatenate(feats), np.concatenate(labels)
+
+def flip(images, training=True):
+    """The images mirrored left-right (a deterministic view: `flips` caches the images and their mirrors)."""
+    import tensorflow as tf
+
+    return tf.reverse(images, axis=[2])
+
+
+def feature_function(classifier, augment=None):
+    """A tf.function: images -> the classifier's pooled backbone features (through `augment` first if given)."""
+    import keras
+    import tensorflow as tf
+
+    extractor = keras.Model(classifier.inputs, classifier.get_layer("pool").output)
+
+    @tf.function
+    def features(x):
+        if augment is not None:
+            x = augment(x, training=True)
+        return extractor(x, training=False)
+
+    return features
+
+
+def extract(features, images, batch_size: int):
+    """(features [N, D] float32, labels [N]) of an unbatched (image, label) dataset through `features`."""
+    feats, labels = [], []
+    for x, y in data.batches(images, batch_size):
+        feats.append(features(x).numpy().astype("float32"))
+        labels.append(y.numpy())
+    return np.concatenate(feats), np.concatenate(labels)

@@ -31,13 +31,15 @@ class TrainParams:
     early_stopping_monitor: str = "val_loss"  # or val_accuracy: which val metric picks the best epoch
     use_class_weights: bool = False
     seed: int = 42
-    feature_cache: str = "off"  # off | on | augmented:K (train_frozen only)
+    feature_cache: str = "off"  # off | on | flips | augmented:K (train_frozen only)
     backbone: str = "MobileNetV2"
     alpha: float = 1.0
     weights: str | None = "imagenet"
     dense_units: tuple[int, ...] = (512, 256)
     dropouts: tuple[float, ...] = (0.5, 0.3)
     unfreeze_layers: int = 50  # finetune only
+    weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay (train_frozen, train_scratch)
+    label_smoothing: float = 0.0  # share of the target spread over all classes (train_frozen, train_scratch)
     extra: dict = field(default_factory=dict)
 
     def stage_epochs(self, stage: str) -> int:
@@ -56,20 +58,26 @@ class TrainParams:
             raise ValueError(f"{prefix}learning_rate must be > 0, got {self.stage_learning_rate(stage)}")
         if self.early_stopping_monitor not in MONITORS:
             raise ValueError(f"early_stopping_monitor must be one of {MONITORS}, got {self.early_stopping_monitor!r}")
-        if feature_cache_views(self.feature_cache) and self.feature_cache != "on" and not self.augment:
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if feature_cache_views(self.feature_cache) > 1 and self.feature_cache != "flips" and not self.augment:
             raise ValueError(f"feature_cache={self.feature_cache!r} needs augment=True (use 'on' without augmentation)")
 
 
 def feature_cache_views(feature_cache: str) -> int:
-    """0 for `off`, 1 for `on` (clean features), K for `augmented:K`; anything else is an error."""
+    """0 for `off`, 1 for `on` (clean features), 2 for `flips` (and mirrored), K for `augmented:K`; else an error."""
     if feature_cache == "off":
         return 0
     if feature_cache == "on":
         return 1
+    if feature_cache == "flips":
+        return 2
     prefix, _, count = feature_cache.partition(":")
     if prefix == "augmented" and count.isdigit() and int(count) >= 1:
         return int(count)
-    raise ValueError(f"feature_cache must be 'off', 'on' or 'augmented:K' (K >= 1), got {feature_cache!r}")
+    raise ValueError(f"feature_cache must be 'off', 'on', 'flips' or 'augmented:K' (K >= 1), got {feature_cache!r}")
 
 
 def is_better(row: dict, best: dict | None, monitor: str) -> bool:
@@ -77,3 +85,58 @@ def is_better(row: dict, best: dict | None, monitor: str) -> bool:
     if best is None:
         return True
     return row[monitor] < best[monitor] if monitor == "val_loss" else row[monitor] > best[monitor]
+
+
+TUNE_MODES = ("off", "frozen", "all")
+# The frozen-stage search space (tune.py): {name: {"low", "high", "log"} | {"choices": [...]} | a fixed value}.
+# dense_units: comma-separated head sizes ("" = no hidden layer: a linear probe); one dropout after each.
+DEFAULT_TUNE_SPACE = {
+    "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+    "dense_units": {"choices": ["", "128", "256", "512,256"]},
+    "dropout": {"low": 0.0, "high": 0.6},
+    "weight_decay": {"low": 1e-6, "high": 1e-1, "log": True},
+    "label_smoothing": {"low": 0.0, "high": 0.2},
+    "feature_cache": {"choices": ["on", "flips", "augmented:4"]},
+}
+
+
+@dataclass
+class TuneParams:
+    """The recipe search before training (tune.py): what it searches, for how long, where the study lives."""
+
+    tune: str = "frozen"  # off | frozen (the frozen-stage search on cached features) | all (not built yet)
+    tune_trials: int = 20  # trials of the study (all workers together)
+    tune_timeout_s: float = 90.0  # wall-clock budget of the search; 0: none
+    tune_space: str = ""  # JSON replacing entries of DEFAULT_TUNE_SPACE, e.g. {"feature_cache": "on"}
+    tune_folds: int = 3  # grouped k-fold cross-validation over the train+val groups
+    tune_max_epochs: int = 30  # per fold, with early stopping on the fold's val accuracy
+    tune_patience: int = 5
+    tune_storage: str = ""  # "": a journal file in the output folder; an RDB URL (sqlite:///, postgresql://) or a journal file
+    tune_workers: int = 1  # processes sharing the study
+
+    def validate(self) -> None:
+        """A ValueError naming the parameter that is out of range."""
+        if self.tune not in TUNE_MODES:
+            raise ValueError(f"tune must be one of {TUNE_MODES}, got {self.tune!r}")
+        if self.tune == "all":
+            raise ValueError("tune='all' (the fine-tune search) is not built yet: use tune='frozen' or 'off'")
+        for name in ("tune_trials", "tune_max_epochs", "tune_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.tune_folds < 2:
+            raise ValueError(f"tune_folds must be >= 2 (cross-validation), got {self.tune_folds}")
+        if self.tune_timeout_s < 0:
+            raise ValueError(f"tune_timeout_s must be >= 0, got {self.tune_timeout_s}")
+
+    def space(self) -> dict:
+        """DEFAULT_TUNE_SPACE with the entries of `tune_space` (JSON) in place of the defaults."""
+        import json
+
+        try:
+            override = json.loads(self.tune_space) if self.tune_space.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tune_space is not valid JSON ({exc}): give e.g. '{{\"feature_cache\": \"on\"}}'") from None
+        if not isinstance(override, dict) or set(override) - set(DEFAULT_TUNE_SPACE):
+            raise ValueError(f"tune_space must be a JSON object with keys among {sorted(DEFAULT_TUNE_SPACE)}, "
+                             f"got {self.tune_space!r}")
+        return {**DEFAULT_TUNE_SPACE, **override}

@@ -51,28 +51,39 @@ def log_params(stage: str, p: TrainParams, backbone: str, num_classes: int, imag
                       frozen_model=p.extra["frozen_model"])
     else:
         params.update(alpha=p.alpha, dense_units=list(p.dense_units), dropouts=list(p.dropouts),
-                      feature_cache=p.feature_cache)
+                      feature_cache=p.feature_cache, weight_decay=p.weight_decay, label_smoothing=p.label_smoothing)
     mlflow.log_params(params)
+
+
+# What the tune step may choose for train_frozen: the tune step logs their pipeline values on the parent run
+# (and its choice as tune.<name>), so that a tuned frozen stage never contradicts them.
+TUNED = ("epochs", "learning_rate", "augment", "feature_cache", "dense_units", "dropouts", "weight_decay",
+         "label_smoothing")
 
 
 def parent_params(stage: str, p: TrainParams) -> dict:
     """The pipeline parameters `stage` owns, under the pipeline's names (`train.<name>` for the others).
 
     Only those whose value is the same in every stage that logs them (MLflow params are write-once):
-    finetune logs its finetune_*, frozen and scratch epochs, learning_rate and the architecture, frozen alone
-    weights and feature_cache (scratch trains without them).
+    finetune logs its finetune_* and augment, scratch the architecture, epochs, learning_rate, augment and the
+    regularisation, frozen alone weights; frozen logs none of TUNED (the tune step logs those).
     """
-    params = {"batch_size": p.batch_size, "augment": p.augment, "seed": p.seed,
-              "early_stopping_patience": p.early_stopping_patience,
+    params = {"batch_size": p.batch_size, "seed": p.seed, "early_stopping_patience": p.early_stopping_patience,
               "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights}
     if stage == "finetune":
-        return params | {"finetune_epochs": p.finetune_epochs, "finetune_learning_rate": p.finetune_learning_rate,
-                         "unfreeze_layers": p.unfreeze_layers}
-    params |= {"epochs": p.epochs, "learning_rate": p.learning_rate, "backbone": p.backbone, "alpha": p.alpha,
-               "train.dense_units": list(p.dense_units), "train.dropouts": list(p.dropouts)}
+        return params | {"augment": p.augment, "finetune_epochs": p.finetune_epochs,
+                         "finetune_learning_rate": p.finetune_learning_rate, "unfreeze_layers": p.unfreeze_layers}
+    params |= {"backbone": p.backbone, "alpha": p.alpha}
     if stage == "train_frozen":
-        params |= {"weights": _weights_label(p.weights, stage), "feature_cache": p.feature_cache}
-    return params
+        return params | {"weights": _weights_label(p.weights, stage)}
+    return params | tuned_params(p, feature_cache=False)  # scratch trains on images, whatever feature_cache says
+
+
+def tuned_params(p: TrainParams, feature_cache: bool = True) -> dict:
+    """The TUNED parameters as the parent run names them (the tune step logs them; scratch all but feature_cache)."""
+    names = [n for n in TUNED if feature_cache or n != "feature_cache"]
+    return {("train." + n if n in ("dense_units", "dropouts") else n):
+            list(getattr(p, n)) if isinstance(getattr(p, n), tuple) else getattr(p, n) for n in names}
 
 
 def log_inputs(stage: str, p: TrainParams, examples_dir, examples_uri: str | None, kfp_run_id: str,

@@ -107,6 +107,23 @@ def test_transfer_vs_scratch_has_a_bootstrap_interval(evaluation):
     assert "95 %" in tvs["line"] and "transfer learning is better" in tvs["line"]
 
 
+def test_a_stage_at_chance_level_is_said_plainly(evaluation):
+    """frozen always answers class_00 (the majority class of the test split, by tie): at chance; finetuned learned."""
+    result, out = evaluation
+    frozen, finetuned = (result["candidates"][s]["chance"] for s in ("frozen", "finetuned"))
+    assert result["at_chance"] == ["frozen", "scratch"]  # scratch answers a wrong class: below the majority rate
+    assert frozen["majority_class"] == "class_00" and frozen["majority_rate"] == pytest.approx(1 / 3)
+    assert frozen["difference"] == 0 and frozen["ci_low"] <= 0
+    assert finetuned["ci_low"] > 0 and not finetuned["at_chance"]
+    text = " ".join(" ".join(parse_report(out / core.REPORT_FILE).text).split())
+    assert ("frozen is at chance level: test accuracy 0.333 vs 0.333 for always answering class_00 (the majority "
+            "class): difference +0.000, bootstrap 95 % interval [+0.000, +0.000]; at chance level.") in text
+    assert f"finetuned: {finetuned['line']}" in text and "finetuned is" not in text
+    assert "scratch is below chance level: test accuracy" in text  # it answers a wrong class
+    assert core.flat_metrics(result)["frozen_above_chance"] == 0.0
+    assert core.flat_metrics(result)["finetuned_above_chance"] == 1.0
+
+
 def test_report_is_self_contained_html(evaluation):
     result, out = evaluation
     report = parse_report(out / core.REPORT_FILE)
@@ -327,3 +344,29 @@ def test_logs_metrics_and_report_to_a_nested_mlflow_run(stack, evaluation):
     assert parent.metrics["test_accuracy"] == chosen["metrics"]["accuracy"]
     assert parent.metrics["val_accuracy"] == chosen["val_metrics"]["accuracy"]
     assert parent.metrics["test_macro_f1"] == chosen["metrics"]["macro_f1"]
+
+
+def test_report_shows_the_tune_steps_choice_and_study_plots(tmp_path, candidates, session_examples):
+    """The tune step's own output (a real, small search) appears in the report: its choice and Optuna's plots."""
+    import keras
+
+    from tlpipe.components.train import tune
+    from tlpipe.components.train.params import TrainParams, TuneParams
+
+    inputs = keras.Input(batch_shape=(None, 32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs))
+    keras.Model(inputs, x).save(tmp_path / "backbone.keras")
+    best = tune.tune(session_examples, tmp_path / "tune", TuneParams(
+        tune_trials=3, tune_max_epochs=3, tune_space='{"feature_cache": "on"}'),
+        TrainParams(weights=str(tmp_path / "backbone.keras"), batch_size=8), track=False)
+    result = core.evaluate(session_examples, candidates, tmp_path / "out", latency_repeats=1,
+                           tune_dir=tmp_path / "tune")
+    report = parse_report(tmp_path / "out" / core.REPORT_FILE)
+    text = " ".join(" ".join(report.text).split())
+    assert "Recipe search (tune=frozen)" in text and best["line"] in text
+    assert result["tune"]["train_params"] == best["train_params"]
+    plots = [img for img in report.images if img["alt"].startswith("tune: ")]
+    assert {img["alt"] for img in plots} == {f"tune: {name.removesuffix('.png').replace('_', ' ')}"
+                                            for name in best["plots"]} and plots
+    assert_inline_pngs(plots)
+    assert base64.b64decode(plots[0]["src"].split(",", 1)[1]) == (tmp_path / "tune" / best["plots"][0]).read_bytes()

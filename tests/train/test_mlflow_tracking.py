@@ -61,10 +61,12 @@ def test_standalone_stage_leaves_no_run_running(stack, synthetic_examples, tiny_
 
 def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_client, bucket, tiny_backbone,
                                                                  tmp_path, monkeypatch):
+    from dataclasses import replace
+
     from tlpipe.components.ingest.core import ingest
     from tlpipe.components.preprocess.core import preprocess
-    from tlpipe.components.train import core
-    from tlpipe.components.train.params import TrainParams
+    from tlpipe.components.train import core, tune
+    from tlpipe.components.train.params import TrainParams, TuneParams
 
     kfp_run_id = f"run-{uuid.uuid4().hex[:8]}"
     experiment = f"pipeline-{uuid.uuid4().hex[:8]}"
@@ -80,7 +82,13 @@ def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_cli
                experiment=experiment)
     params = TrainParams(batch_size=8, epochs=2, learning_rate=3e-3, augment=False, early_stopping_patience=0,
                          weights=str(tiny_backbone), dense_units=(16,), dropouts=(0.1,))
-    stage = core.train_frozen(tmp_path / "examples", tmp_path / "model", params, experiment=experiment,
+    best = tune.tune(tmp_path / "examples", tmp_path / "tune", TuneParams(
+        tune_trials=3, tune_max_epochs=3, tune_space='{"feature_cache": "on"}'), params,
+        manifest_dir=tmp_path / "manifest", experiment=experiment)
+    chosen = best["train_params"]
+    tuned = replace(params, **{**chosen, "dense_units": tuple(chosen["dense_units"]),
+                               "dropouts": tuple(chosen["dropouts"])})
+    stage = core.train_frozen(tmp_path / "examples", tmp_path / "model", tuned, experiment=experiment,
                               examples_uri=f"s3://{bucket}/artifacts/examples")
 
     client = MlflowClient()
@@ -92,6 +100,7 @@ def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_cli
     assert parent.data.params == {
         # ingest, under the pipeline's names, and its own settings as ingest.*
         "data_uri": data, "num_classes": "3", "group_pattern": "", "dedupe": "exact",
+        "near_duplicate_method": "dct", "near_duplicate_similarity": "0.95", "allow_similar_class_names": "False",
         "ingest.train_ratio": "0.7", "ingest.val_ratio": "0.15", "ingest.test_ratio": "0.15",
         "ingest.near_duplicate_distance": "4", "ingest.min_images_per_class": "1",
         "ingest.allow_small_classes": "False", "ingest.max_image_pixels": "89478485",
@@ -101,11 +110,21 @@ def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_cli
         "spark_options": '{"conf": {"spark.hadoop.fs.s3a.secret.key": "***"}, "driver_memory": "512m"}',
         "preprocess.num_shards": "0", "preprocess.max_bad_fraction": "0.05", "preprocess.jpeg_quality": "95",
         # the frozen stage
-        "batch_size": "8", "epochs": "2", "learning_rate": "0.003", "augment": "False", "seed": "42",
-        "early_stopping_patience": "0", "early_stopping_monitor": "val_loss", "use_class_weights": "False",
-        "backbone": "MobileNetV2", "alpha": "1.0", "weights": str(tiny_backbone), "feature_cache": "off",
-        "train.dense_units": "[16]", "train.dropouts": "[0.1]",
+        "batch_size": "8", "seed": "42", "early_stopping_patience": "0", "early_stopping_monitor": "val_loss",
+        "use_class_weights": "False", "backbone": "MobileNetV2", "alpha": "1.0", "weights": str(tiny_backbone),
+        # the tune step: the pipeline's values of what it may choose for the frozen stage, and its choice
+        "epochs": "2", "learning_rate": "0.003", "augment": "False", "feature_cache": "off",
+        "train.dense_units": "[16]", "train.dropouts": "[0.1]", "weight_decay": "0.0", "label_smoothing": "0.0",
+        "tune": "frozen", "tune_trials": "3", **{f"tune.{k}": str(v) for k, v in chosen.items()},
     }
+    trials = client.search_runs([exp.experiment_id], "tags.stage = 'tune_trial'", run_view_type=ViewType.ALL)
+    assert len(trials) == 3 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
+    assert {t.info.status for t in trials} <= {"FINISHED", "KILLED"}  # KILLED: pruned
+    assert {t.data.tags["kfp_run_id"] for t in trials} == {kfp_run_id}
+    tune_run = client.search_runs([exp.experiment_id], "tags.stage = 'tune'")[0]
+    assert tune_run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert tune_run.data.metrics["cv_accuracy"] == best["cv_accuracy"]
+    assert {a.path for a in client.list_artifacts(tune_run.info.run_id)} == set(best["plots"])
     manifest = inputs_of(parent)["manifest"]
     assert manifest["digest"] == result.manifest_sha256[:32]
     assert manifest["tags"] == {"mlflow.data.context": "ingest", "sha256": result.manifest_sha256}
@@ -127,16 +146,18 @@ def test_the_stages_of_one_pipeline_never_disagree_on_a_parent_param():
     from dataclasses import replace
 
     from tlpipe.components.train.params import TrainParams
-    from tlpipe.components.train.tracking import parent_params
+    from tlpipe.components.train.tracking import parent_params, tuned_params
 
     pipeline = TrainParams(feature_cache="on", weights="imagenet")  # one set of pipeline parameters
-    logged = {"train_frozen": parent_params("train_frozen", pipeline),  # what core passes each stage
+    tuned = replace(pipeline, learning_rate=0.02, dense_units=(), dropouts=(), feature_cache="flips", augment=False)
+    logged = {"tune": tuned_params(pipeline),  # the tune step logs the pipeline's values (its choice as tune.*)
+              "train_frozen": parent_params("train_frozen", tuned),  # what core passes each stage
               "train_scratch": parent_params("train_scratch", replace(pipeline, weights=None, feature_cache="off")),
               "finetune": parent_params("finetune", replace(pipeline, feature_cache="off"))}
     merged = {}
     for params in logged.values():
         for key, value in params.items():
             assert merged.setdefault(key, value) == value, key
-    assert logged["train_frozen"]["weights"] == "imagenet" and logged["train_frozen"]["feature_cache"] == "on"
+    assert logged["train_frozen"]["weights"] == "imagenet" and logged["tune"]["feature_cache"] == "on"
     assert "weights" not in logged["train_scratch"] and "epochs" not in logged["finetune"]
     assert logged["finetune"]["finetune_learning_rate"] == 1e-5

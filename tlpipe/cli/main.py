@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from tlpipe.components.common.log import debug_enabled
@@ -26,6 +25,7 @@ COMMAND_MODULES = (
     "tlpipe.cli.models",
     "tlpipe.cli.preprocess",
     "tlpipe.cli.train",
+    "tlpipe.cli.tune",
 )
 USER_ERROR = 2
 # Library errors that are the user's to fix, by "module.Class"; checked only when that module is loaded.
@@ -101,9 +101,7 @@ def error_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.debug:
-        os.environ["TLPIPE_DEBUG"] = "1"  # the step subprocesses keep their full output too
-    debug = debug_enabled()
+    debug = args.debug or debug_enabled()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -1,0 +1,199 @@
+"""Recipe-search benchmark on the real fish photos (../shared/data/fish-egu2017) over many video splits.
+
+The backbone features of every image are computed once, keyed by the image's sha256 (clean, mirrored and K
+augmented views); each split (ingest's `split_groups` over the videos, salt = split number) then reports test
+accuracy and wall time of:
+- `probe`: logistic regression on the clean train+val features (the frozen-feature ceiling of the issue);
+- `design`: the design's frozen stage on the cached features (head 512/256, dropout 0.5/0.3, Adam 1e-3,
+  10 epochs, augmented:K views, best epoch by val loss, patience 3);
+- `tune_frozen`: the tune step's search (tune.run_worker on the split's train+val features, grouped by video),
+  then the frozen stage trained with its choice.
+Fine-tuning (tune=all) and scratch are not part of it (they need the images, not the features).
+
+    .venv/bin/python -m bench.tune --splits 12                      # MobileNetV2-0.35, 160 px, the shared weights
+    .venv/bin/python -m bench.tune --splits 3 --trials 10 --image-size 96
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import print_table, write_json
+from bench.train import FISH_DIR, WEIGHTS, video_id
+
+DESIGN = dict(learning_rate=1e-3, dense_units=(512, 256), dropouts=(0.5, 0.3), epochs=10, feature_cache="augmented:4",
+              augment=True)
+
+
+def load_images(image_size: int) -> tuple[list[str], dict[str, dict]]:
+    """Every fish-egu2017 frame processed as preprocess does: {sha256: {label, video, jpeg}} and the classes."""
+    import hashlib
+
+    from tlpipe.components.common import images
+    from tlpipe.components.preprocess.params import PreprocessParams
+
+    classes = sorted(p.name for p in FISH_DIR.iterdir() if p.is_dir())
+    found = {}
+    for label, name in enumerate(classes):
+        for path in sorted((FISH_DIR / name).glob("*.png")):
+            data = images.process(path.read_bytes(), image_size, PreprocessParams.resize_mode,
+                                  PreprocessParams.jpeg_quality)
+            found[hashlib.sha256(data).hexdigest()] = {"label": label, "video": video_id(path), "jpeg": data}
+    return classes, found
+
+
+def features_by_hash(found: dict[str, dict], classes: list[str], image_size: int, views: int, params) -> dict:
+    """{"clean"|"flip": [N, D], "design": [K, N, D], "sha": [...]}: each image's features, computed once."""
+    import tensorflow as tf
+
+    from tlpipe.components.train import data, features, trainer
+
+    shas = sorted(found)
+    decoded = tf.data.Dataset.from_tensor_slices([found[s]["jpeg"] for s in shas]).map(
+        lambda b: (tf.cast(tf.reshape(tf.io.decode_jpeg(b, channels=3), (image_size, image_size, 3)), tf.float32), 0))
+    classifier = trainer.stage_classifier("train_frozen", params, len(classes), image_size)
+    design = data.augmentation(params.seed)
+    run = {name: features.feature_function(classifier, augment)
+           for name, augment in (("clean", None), ("flip", features.flip), ("design", design))}
+    out = {"sha": shas, "clean": features.extract(run["clean"], decoded, 64)[0],
+           "flip": features.extract(run["flip"], decoded, 64)[0],
+           "design": np.stack([features.extract(run["design"], decoded, 64)[0] for _ in range(views)])}
+    return out
+
+
+def fit_head(recipe, views: np.ndarray, y: np.ndarray, val: tuple, test: tuple, patience: int = 3) -> float:
+    """The frozen stage on cached features (epoch e: view e mod V, best epoch by val loss): its test accuracy."""
+    import keras
+
+    from tlpipe.components.train import trainer
+    from tlpipe.components.train.model import build_head
+
+    keras.utils.set_random_seed(recipe.seed)
+    classes = int(max(y.max(), val[1].max(), test[1].max())) + 1
+    head = build_head(views.shape[-1], classes, recipe.dense_units, recipe.dropouts, recipe.seed)
+    optimizer = (keras.optimizers.AdamW(recipe.learning_rate, weight_decay=recipe.weight_decay) if recipe.weight_decay
+                 else keras.optimizers.Adam(recipe.learning_rate))
+    head.compile(optimizer=optimizer, loss=trainer.smoothed_loss(classes, recipe.label_smoothing), metrics=["accuracy"])
+    best, weights, wait = np.inf, head.get_weights(), 0
+    for epoch in range(recipe.epochs):
+        order = np.random.default_rng(recipe.seed * 1000 + epoch).permutation(len(y))
+        head.fit(views[epoch % len(views)][order], y[order], batch_size=recipe.batch_size, verbose=0)
+        loss = head.evaluate(*val, verbose=0, return_dict=True)["loss"]
+        if loss < best:
+            best, weights, wait = loss, head.get_weights(), 0
+        else:
+            wait += 1
+            if wait >= patience:
+                break
+    head.set_weights(weights)
+    return float(head.evaluate(*test, verbose=0, return_dict=True)["accuracy"])
+
+
+def views_of(cache: dict, mode: str, idx: np.ndarray) -> np.ndarray:
+    if mode == "on":
+        return cache["clean"][idx][None]
+    if mode == "flips":
+        return np.stack([cache["clean"][idx], cache["flip"][idx]])
+    return cache["design"][: int(mode.split(":")[1]), idx]
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its 95 % t-interval."""
+    from scipy import stats
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def main(argv: list[str] | None = None) -> None:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tlpipe.components.ingest.split import split_groups
+    from tlpipe.components.train import tune
+    from tlpipe.components.train.params import TrainParams, TuneParams
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--splits", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=160)
+    parser.add_argument("--alpha", type=float, default=0.35)
+    parser.add_argument("--weights", default=str(WEIGHTS))
+    parser.add_argument("--trials", type=int, default=TuneParams.tune_trials)
+    parser.add_argument("--views", type=int, default=4, help="augmented views per image (augmented:K)")
+    parser.add_argument("--name", default="tune")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+
+    base = TrainParams(alpha=args.alpha, weights=args.weights, batch_size=32, early_stopping_patience=3)
+    tic = time.perf_counter()
+    classes, found = load_images(args.image_size)
+    cache = features_by_hash(found, classes, args.image_size, args.views, base)
+    extract_s = time.perf_counter() - tic
+    shas = cache["sha"]
+    labels = np.array([found[s]["label"] for s in shas])
+    videos = defaultdict(list)
+    for i, s in enumerate(shas):
+        videos[found[s]["video"]].append(i)
+    runs = defaultdict(list)
+    work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
+    for split in range(args.splits):
+        assignment = split_groups({v: [classes[labels[i]] for i in idx] for v, idx in videos.items()},
+                                  {"train": 0.7, "val": 0.15, "test": 0.15}, salt=str(42 + split))
+        part = {name: np.array(sorted(i for v, idx in videos.items() if assignment[v] == name for i in idx))
+                for name in ("train", "val", "test")}
+        val, test = (cache["clean"][part["val"]], labels[part["val"]]), (cache["clean"][part["test"]], labels[part["test"]])
+        t = time.perf_counter()
+        pool = np.concatenate([part["train"], part["val"]])
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(cache["clean"][pool], labels[pool])
+        runs["probe"].append((float(probe.score(*test)), time.perf_counter() - t))
+        t = time.perf_counter()
+        design = replace(base, seed=42 + split, **DESIGN)
+        runs["design"].append((fit_head(design, views_of(cache, design.feature_cache, part["train"]), labels[part["train"]],
+                                        val, test), time.perf_counter() - t))
+        t = time.perf_counter()
+        out = work / f"split{split}"
+        out.mkdir()
+        params = TuneParams(tune_trials=args.trials, tune_timeout_s=0)
+        space = params.space()
+        np.savez(out / tune.FEATURES_FILE, clean=cache["clean"][pool], flip=cache["flip"][pool],
+                 design=cache["design"][:, pool], labels=labels[pool])
+        settings = {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(replace(base, seed=42 + split)))),
+                    "storage": str(out / "study.journal"), "study": tune.STUDY_NAME, "mlflow_parent_run_id": None,
+                    "experiment": "", "kfp_run_id": "local", "groups": [found[shas[i]]["video"] for i in pool]}
+        (out / tune.SETTINGS_FILE).write_text(json.dumps(settings))
+        chosen = tune.summarise(tune.run_worker(out, 0), replace(base, seed=42 + split), space, out)
+        recipe = replace(base, seed=42 + split, **{**chosen["train_params"], "dense_units": tuple(chosen["train_params"]["dense_units"]),
+                                                   "dropouts": tuple(chosen["train_params"]["dropouts"])})
+        runs["tune_frozen"].append((fit_head(recipe, views_of(cache, recipe.feature_cache, part["train"]),
+                                             labels[part["train"]], val, test), time.perf_counter() - t))
+        logging.info("split %d: %s; tune chose %s", split, {k: round(v[-1][0], 3) for k, v in runs.items()},
+                     chosen["train_params"])
+    rows = []
+    for method, results in runs.items():
+        mean, low, high = interval([acc for acc, _ in results])
+        rows.append({"method": method, "test_acc_mean": mean, "ci95_low": low, "ci95_high": high,
+                     "min": min(a for a, _ in results), "max": max(a for a, _ in results),
+                     "wall_s_mean": statistics.mean(s for _, s in results),
+                     "per_split": " ".join(f"{a:.3f}" for a, _ in results)})
+    print_table(rows)
+    print(f"features of {len(shas)} images ({1 + 1 + args.views} views) computed once in {extract_s:.0f}s")
+    write_json(args.name, rows, settings=vars(args), extract_seconds=extract_s,
+               per_split={k: v for k, v in runs.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""The recipe search before training (Optuna): the frozen stage's head, optimiser and augmentation on cached features.
+
+`tune()` computes the pooled backbone features of the train+val images once (clean, mirrored, K augmented views:
+features.py), then runs an Optuna study: each trial trains the head (model.build_head) on grouped k-fold splits
+of the train+val groups (never the test split), epoch by epoch with early stopping on the fold's val accuracy,
+reports every epoch (pruned by the median rule) and scores the mean of the folds' best val accuracies. The
+best trial becomes the train_frozen parameters (`best_params.json`). Workers (processes, or KFP tasks) share
+one study through Optuna's storage: a journal file locally, an RDB URL (PostgreSQL) in a cluster. Every trial
+is an MLflow run nested under the pipeline's parent run (under the tune run outside a pipeline).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from tlpipe.components.common import examples, mlflow_utils
+from tlpipe.components.common.log import get_logger
+from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
+from tlpipe.components.train import data, tracking, trainer
+from tlpipe.components.train import features as featurelib
+from tlpipe.components.train.model import build_head
+from tlpipe.components.train.params import TrainParams, TuneParams, feature_cache_views
+
+log = get_logger("tune")
+
+BEST_FILE = "best_params.json"
+FEATURES_FILE = "features.npz"
+SETTINGS_FILE = "settings.json"
+HISTORY_PLOT = "optimization_history.png"
+IMPORTANCE_PLOT = "param_importances.png"
+STUDY_NAME = "tlpipe-frozen"
+
+
+def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainParams | None = None, *,
+         manifest_dir=None, track: bool = True, experiment: str = DEFAULT_EXPERIMENT,
+         kfp_run_id: str = "local") -> dict:
+    """Search the frozen-stage recipe; write best_params.json (+ plots) into `out_dir`; return its content.
+
+    `train` holds the pipeline's train parameters (backbone, weights, batch size, seed and the defaults that
+    tune=off passes on unchanged). `manifest_dir` gives the images' groups (ingest's `group`); without it every
+    image is its own group.
+    """
+    params, train = params or TuneParams(), train or TrainParams()
+    params.validate()
+    started = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if params.tune == "off":
+        best = {"tune": "off", "train_params": chosen_params(train), "line": "tune=off: the given parameters"}
+    else:
+        space = params.space()
+        with _tracked(track, experiment, kfp_run_id) as run:
+            cached = cache_features(examples_dir, out, train, space, manifest_dir)
+            parent = (mlflow_utils.parent_run_id(kfp_run_id, experiment) if mlflow_utils.in_pipeline(kfp_run_id)
+                      else run.info.run_id) if run is not None else None
+            settings = {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(train))),
+                        "storage": params.tune_storage or str(out / "study.journal"), "study": STUDY_NAME,
+                        "mlflow_parent_run_id": parent, "experiment": experiment, "kfp_run_id": kfp_run_id,
+                        "groups": cached["groups"]}
+            (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+            others = [subprocess.Popen([sys.executable, "-m", "tlpipe.components.train.tune", str(out), str(w)])
+                      for w in range(1, params.tune_workers)]
+            study = run_worker(out, 0)
+            failed = [p.wait() for p in others]
+            if any(failed):
+                log.warning("tune: %d worker process(es) failed; their trials are marked failed", sum(map(bool, failed)))
+            best = summarise(study, train, space, out)
+            best.update(num_images=len(cached["groups"]), num_groups=len(set(cached["groups"])),
+                        extract_seconds=cached["seconds"])
+            for name in (FEATURES_FILE, SETTINGS_FILE):  # the workers' inputs: not part of the artifact
+                (out / name).unlink()
+            if run is not None:
+                _log_study(best, out, params, train, kfp_run_id, experiment)
+    best["seconds"] = round(time.perf_counter() - started, 2)
+    (out / BEST_FILE).write_text(json.dumps(best, indent=2))
+    log.info("%s", best["line"])
+    return best
+
+
+def chosen_params(p: TrainParams) -> dict:
+    """The train_frozen parameters the tune step passes on (the KFP outputs of tune_op)."""
+    return {"learning_rate": p.learning_rate, "dense_units": list(p.dense_units), "dropouts": list(p.dropouts),
+            "weight_decay": p.weight_decay, "label_smoothing": p.label_smoothing, "feature_cache": p.feature_cache,
+            "augment": p.augment, "epochs": p.epochs}
+
+
+# ----- features ------------------------------------------------------------------------------------
+def _split_images(examples_dir, split: str):
+    """(unbatched (float image, label) dataset, sha256 list) of one split, in file order."""
+    import tensorflow as tf
+
+    size = int(examples.read_schema(examples_dir)["image_size"])
+    raw = tf.data.TFRecordDataset(examples.split_files(examples_dir, split)).map(examples.parse_example)
+    shas = [s.decode() for _, _, s in raw.as_numpy_iterator()]
+    images = raw.map(lambda image, label, _: (tf.cast(tf.reshape(image, (size, size, 3)), tf.float32), label))
+    return images, shas
+
+
+def groups_of(shas: list[str], manifest_dir) -> list[str]:
+    """Each image's group from the manifest (by sha256); without a manifest (or group) the image itself."""
+    if manifest_dir is None:
+        return list(shas)
+    import pyarrow.parquet as pq
+
+    from tlpipe.components.common.manifest import MANIFEST_FILE
+
+    table = pq.read_table(Path(manifest_dir) / MANIFEST_FILE, columns=["sha256", "group"]).to_pydict()
+    group = {s: g for s, g in zip(table["sha256"], table["group"], strict=True) if g}
+    return [group.get(s, s) for s in shas]
+
+
+def cache_features(examples_dir, out: Path, train: TrainParams, space: dict, manifest_dir=None) -> dict:
+    """The pooled features of train+val, clean plus every view the space's feature_cache choices need."""
+    schema = examples.read_schema(examples_dir)
+    classifier = trainer.stage_classifier("train_frozen", train, len(schema["classes"]), int(schema["image_size"]))
+    started = time.perf_counter()
+    modes = _choices(space["feature_cache"])
+    design_views = max([feature_cache_views(m) for m in modes if m.startswith("augmented:")], default=0)
+    clean_fn = featurelib.feature_function(classifier)
+    arrays, shas = {"clean": [], "flip": [], "design": []}, []
+    labels = []
+    design = data.augmentation(train.seed)  # one stack for all views: its random state advances
+    for split in ("train", "val"):
+        images, split_shas = _split_images(examples_dir, split)
+        shas += split_shas
+        x, y = featurelib.extract(clean_fn, images, train.batch_size)
+        arrays["clean"].append(x)
+        labels.append(y)
+        if "flips" in modes:
+            arrays["flip"].append(featurelib.extract(featurelib.feature_function(classifier, featurelib.flip),
+                                                     images, train.batch_size)[0])
+        if design_views:
+            fn = featurelib.feature_function(classifier, design)
+            arrays["design"].append(np.stack([featurelib.extract(fn, images, train.batch_size)[0]
+                                              for _ in range(design_views)]))
+    saved = {"clean": np.concatenate(arrays["clean"]), "labels": np.concatenate(labels)}
+    if arrays["flip"]:
+        saved["flip"] = np.concatenate(arrays["flip"])
+    if arrays["design"]:
+        saved["design"] = np.concatenate(arrays["design"], axis=1)
+    np.savez(out / FEATURES_FILE, **saved)
+    groups = groups_of(shas, manifest_dir)
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("tune: features of %d train+val images (%d groups, views: clean%s%s) in %.1fs", len(shas),
+             len(set(groups)), " flip" if "flip" in saved else "", f" {design_views} augmented" if design_views else "",
+             seconds)
+    return {"groups": groups, "seconds": seconds}
+
+
+def _choices(entry) -> list:
+    return list(entry["choices"]) if isinstance(entry, dict) and "choices" in entry else [entry]
+
+
+# ----- the study -----------------------------------------------------------------------------------
+def open_study(settings: dict, worker: int):
+    import optuna
+
+    storage = settings["storage"]
+    if "://" not in storage:
+        from optuna.storages.journal import JournalFileBackend
+
+        storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
+    seed = settings["train"]["seed"] + worker
+    return optuna.create_study(study_name=settings["study"], storage=storage, direction="maximize",
+                               load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
+                               pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3))
+
+
+def run_worker(out: Path, worker: int):
+    """One worker: trials of the shared study until the study holds `tune_trials` finished trials or time is up."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(out)
+    settings = json.loads((out / SETTINGS_FILE).read_text())
+    cached = dict(np.load(out / FEATURES_FILE))
+    study = open_study(settings, worker)
+    p = settings["tune"]
+    folds = make_folds(cached["labels"], settings["groups"], p["tune_folds"], settings["train"]["seed"])
+    done = optuna.study.MaxTrialsCallback(p["tune_trials"], states=None)
+    study.optimize(lambda trial: objective(trial, cached, folds, settings, worker), n_trials=p["tune_trials"],
+                   timeout=p["tune_timeout_s"] or None, callbacks=[done], catch=(Exception,))
+    return study
+
+
+def make_folds(labels: np.ndarray, groups: list[str], folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Grouped, stratified k-fold splits of the train+val images (a group never on both sides)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    count = len(set(groups))
+    if count < 2:
+        raise ValueError(f"tune needs at least 2 groups of images for cross-validation, got {count}")
+    splitter = StratifiedGroupKFold(n_splits=min(folds, count), shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def sample(trial, space: dict) -> dict:
+    """The trial's recipe: each entry of the space sampled (a plain value is fixed)."""
+    chosen = {}
+    for name, entry in space.items():
+        if isinstance(entry, dict) and "choices" in entry:
+            chosen[name] = trial.suggest_categorical(name, entry["choices"])
+        elif isinstance(entry, dict):
+            chosen[name] = trial.suggest_float(name, entry["low"], entry["high"], log=bool(entry.get("log")))
+        else:
+            chosen[name] = entry
+    return chosen
+
+
+def recipe(chosen: dict, epochs: int, train: TrainParams) -> TrainParams:
+    """The TrainParams of a sampled recipe."""
+    units = tuple(int(u) for u in str(chosen["dense_units"]).split(",") if u.strip())
+    mode = chosen["feature_cache"]
+    return replace(train, learning_rate=float(chosen["learning_rate"]), dense_units=units,
+                   dropouts=(float(chosen["dropout"]),) * len(units), weight_decay=float(chosen["weight_decay"]),
+                   label_smoothing=float(chosen["label_smoothing"]), feature_cache=mode,
+                   augment=mode.startswith("augmented:"), epochs=epochs)
+
+
+def train_views(cached: dict, mode: str) -> np.ndarray:
+    """[V, N, D] train views of a feature_cache mode, as train_frozen would see them (epoch e: view e mod V)."""
+    if mode == "on":
+        return cached["clean"][None]
+    if mode == "flips":
+        return np.stack([cached["clean"], cached["flip"]])
+    return cached["design"][:feature_cache_views(mode)]
+
+
+def objective(trial, cached: dict, folds, settings: dict, worker: int) -> float:
+    """Mean over the folds of the best val accuracy of the trial's head; each epoch reported for pruning."""
+    import keras
+    import optuna
+
+    p = settings["tune"]
+    train = TrainParams(**{**settings["train"], "dense_units": tuple(settings["train"]["dense_units"]),
+                           "dropouts": tuple(settings["train"]["dropouts"])})
+    chosen = sample(trial, settings["space"])
+    candidate = recipe(chosen, p["tune_max_epochs"], train)
+    views, labels, clean = train_views(cached, candidate.feature_cache), cached["labels"], cached["clean"]
+    classes = int(labels.max()) + 1
+    run = _trial_run(settings, trial, chosen)
+    scores, epochs, status = [], [], "FAILED"
+    try:
+        keras.utils.set_random_seed(train.seed * 1000 + trial.number)
+        head = build_head(clean.shape[1], classes, candidate.dense_units, candidate.dropouts, train.seed)
+        head.compile(optimizer=keras.optimizers.AdamW(candidate.learning_rate, weight_decay=candidate.weight_decay),
+                     loss=trainer.smoothed_loss(classes, candidate.label_smoothing), metrics=["accuracy"])
+        head.optimizer.build(head.trainable_variables)
+        start = [v.numpy() for v in head.variables + head.optimizer.variables]
+        for fold, (tr, va) in enumerate(folds):  # each fold from the same initial weights and a fresh optimizer
+            for variable, value in zip(head.variables + head.optimizer.variables, start, strict=True):
+                variable.assign(value)
+            report = _Report(trial, fold * p["tune_max_epochs"])
+            fit = head.fit(_epoch_batches(views[:, tr], labels[tr], train.batch_size, p["tune_max_epochs"]),
+                           steps_per_epoch=-(-len(tr) // train.batch_size), epochs=p["tune_max_epochs"],
+                           validation_data=(clean[va], labels[va]), validation_batch_size=256, verbose=0,
+                           callbacks=[report, keras.callbacks.EarlyStopping("val_accuracy", mode="max",
+                                                                            patience=p["tune_patience"])])
+            if report.pruned:
+                status = "KILLED"
+                raise optuna.TrialPruned()
+            curve = fit.history["val_accuracy"]
+            scores.append(float(max(curve)))
+            epochs.append(int(np.argmax(curve)) + 1)
+        value = float(np.mean(scores))
+        trial.set_user_attr("epochs", int(round(float(np.mean(epochs)))))
+        trial.set_user_attr("fold_accuracies", scores)
+        trial.set_user_attr("worker", worker)
+        status = "FINISHED"
+        return value
+    finally:
+        if run is not None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            if status == "FINISHED":
+                client.log_metric(run, "cv_accuracy", float(np.mean(scores)))
+                client.log_param(run, "epochs", int(round(float(np.mean(epochs)))))
+            client.set_terminated(run, status=status)
+
+
+def _epoch_batches(views: np.ndarray, labels: np.ndarray, batch_size: int, epochs: int):
+    """The training batches of `epochs` epochs in a row: epoch e is view e mod V, shuffled by e (as train_frozen)."""
+    import tensorflow as tf
+
+    def epoch(e):
+        x = tf.gather(tf.constant(views), e % len(views))
+        return tf.data.Dataset.from_tensor_slices((x, labels)).shuffle(len(labels), seed=e).batch(batch_size)
+
+    return tf.data.Dataset.range(epochs).flat_map(epoch)
+
+
+class _Report:
+    """A Keras callback: each epoch's val accuracy to the Optuna trial; stops the fit when the trial is pruned."""
+
+    def __new__(cls, trial, offset: int):
+        import keras
+
+        class Report(keras.callbacks.Callback):
+            pruned = False
+
+            def on_epoch_end(self, epoch, logs=None):
+                trial.report(float(logs["val_accuracy"]), offset + epoch)
+                if trial.should_prune():
+                    self.pruned = True
+                    self.model.stop_training = True
+
+        return Report()
+
+
+def _trial_run(settings: dict, trial, chosen: dict) -> str | None:
+    """A nested MLflow run for the trial (None when the tune step is not tracked)."""
+    if not settings["mlflow_parent_run_id"]:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    mlflow_utils.connect()
+    tags = {"mlflow.parentRunId": settings["mlflow_parent_run_id"], "stage": "tune_trial",
+            "trial": str(trial.number)}
+    if mlflow_utils.in_pipeline(settings["kfp_run_id"]):
+        tags["kfp_run_id"] = mlflow_utils.current_kfp_run_id(settings["kfp_run_id"])
+    client = MlflowClient()
+    run = client.create_run(mlflow_utils.experiment_id(settings["experiment"]), run_name=f"tune-trial-{trial.number}",
+                            tags=tags)
+    for name, value in chosen.items():
+        client.log_param(run.info.run_id, name, value)
+    return run.info.run_id
+
+
+# ----- results -------------------------------------------------------------------------------------
+def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
+    """The best trial as train_frozen parameters, the trial counts, and the study's plots as files."""
+    import optuna
+
+    states = [t.state for t in study.trials]
+    counts = {name.lower(): sum(s == state for s in states) for name, state in
+              (("COMPLETE", optuna.trial.TrialState.COMPLETE), ("PRUNED", optuna.trial.TrialState.PRUNED),
+               ("FAIL", optuna.trial.TrialState.FAIL))}
+    if not counts["complete"]:
+        raise ValueError(f"tune: no trial completed ({counts}); raise tune_trials or tune_timeout_s")
+    best = study.best_trial
+    chosen = recipe({**{k: v for k, v in space.items() if not isinstance(v, dict)}, **best.params},
+                    best.user_attrs["epochs"], train)
+    plots = _plots(study, out)
+    result = {"tune": "frozen", "cv_accuracy": best.value, "best_trial": best.number,
+              "fold_accuracies": best.user_attrs["fold_accuracies"], "train_params": chosen_params(chosen),
+              "trials": counts, "folds": len(best.user_attrs["fold_accuracies"]), "space": space, "plots": plots}
+    result["line"] = (f"tune: trial {best.number} of {len(states)} ({counts['complete']} complete, "
+                      f"{counts['pruned']} pruned) chose {json.dumps(result['train_params'])}: grouped "
+                      f"{result['folds']}-fold CV accuracy {best.value:.3f} on the train+val groups")
+    return result
+
+
+def _plots(study, out: Path) -> list[str]:
+    """Optuna's optimisation history and parameter importances (matplotlib) as PNG files; the names written."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    for name, plot in ((HISTORY_PLOT, ovm.plot_optimization_history), (IMPORTANCE_PLOT, ovm.plot_param_importances)):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = plot(study)
+            ax.figure.savefig(out / name, dpi=80, bbox_inches="tight")
+            plt.close(ax.figure)
+            written.append(name)
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need two completed trials that differ
+            log.warning("tune: no %s: %s", name, exc)
+    return written
+
+
+class _NoRun:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _tracked(track: bool, experiment: str, kfp_run_id: str):
+    if not track:
+        return _NoRun()
+    mlflow_utils.connect()
+    return mlflow_utils.stage_run("tune", kfp_run_id=kfp_run_id, experiment=experiment)
+
+
+def _log_study(best: dict, out: Path, params: TuneParams, train: TrainParams, kfp_run_id: str,
+               experiment: str) -> None:
+    """The tune run: settings, the choice, trial counts, plots; the parent: the pipeline values and the choice."""
+    import mlflow
+
+    mlflow.log_params({"tune": params.tune, "tune_trials": params.tune_trials, "tune_timeout_s": params.tune_timeout_s,
+                       "tune_folds": params.tune_folds, "tune_space": json.dumps(best["space"])[:6000]})
+    mlflow.log_metrics({"cv_accuracy": best["cv_accuracy"], **{f"trials_{k}": v for k, v in best["trials"].items()}})
+    mlflow.set_tag("mlflow.note.content", best["line"])
+    for name in best["plots"]:
+        mlflow.log_artifact(str(out / name))
+    chosen = {f"tune.{k}": v for k, v in best["train_params"].items()}
+    mlflow_utils.log_to_parent(kfp_run_id, experiment, params={
+        **tracking.tuned_params(train), "tune": params.tune, "tune_trials": params.tune_trials, **chosen})
+
+
+if __name__ == "__main__":  # a worker process: python -m tlpipe.components.train.tune OUT_DIR WORKER
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_worker(Path(sys.argv[1]), int(sys.argv[2]))
