@@ -12,10 +12,11 @@ BIN    := $(VENV)/bin
 venv: $(VENV)/.installed
 
 # One quiet install step from the lock file, then the project itself (editable, no dependency resolution).
-$(VENV)/.installed: pyproject.toml requirements.lock requirements-tools.txt
+$(VENV)/.installed: pyproject.toml requirements.lock requirements-tools.txt requirements-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-tools.txt $(QUIET_PIP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements.lock $(QUIET_PIP)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt $(QUIET_PIP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps -e . $(QUIET_PIP)
 	touch $@
 
@@ -36,7 +37,7 @@ golden: venv
 
 lock: venv
 	{ echo "# Exact versions of the whole dependency tree (pip freeze of a venv built from pyproject.toml)."; \
-	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable; } > requirements.lock
+	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -vxF -f <(grep -v '^#' requirements-nodeps.txt); } > requirements.lock
 
 stack-up: venv
 	$(BIN)/tlpipe stack up

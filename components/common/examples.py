@@ -119,8 +119,18 @@ def parse_example(serialized):
         "label": tf.io.FixedLenFeature([], tf.int64),
         "sha256": tf.io.FixedLenFeature([], tf.string),
     })
-    image = tf.io.decode_jpeg(parsed["image"], channels=3)
-    return image, parsed["label"], parsed["sha256"]
+    return decode_jpeg(parsed["image"]), parsed["label"], parsed["sha256"]
+
+
+def decode_jpeg(data):
+    """An example's JPEG bytes (or string tensor) -> its uint8 HxWx3 tensor, decoded as training reads it.
+
+    The served model decodes a request image with this too: another decoder (Pillow's) differs by up to 11
+    levels in most pixels, which can change the label.
+    """
+    import tensorflow as tf
+
+    return tf.io.decode_jpeg(data, channels=3)
 
 
 def load_split(examples_dir: str | os.PathLike, split: str):

@@ -72,5 +72,8 @@ def process(data: bytes, size: int, resize_mode: str, quality: int) -> bytes:
 
 
 def to_array(data: bytes, size: int, resize_mode: str, quality: int) -> np.ndarray:
-    """Encoded image bytes -> the uint8 [size, size, 3] array training reads: `process`, then decoded."""
-    return np.asarray(Image.open(io.BytesIO(process(data, size, resize_mode, quality))).convert("RGB"))
+    """Encoded image bytes -> the uint8 [size, size, 3] array training reads: `process`, then decoded as
+    `examples.decode_jpeg` decodes an example (needs TensorFlow)."""
+    from tlpipe.components.common.examples import decode_jpeg
+
+    return decode_jpeg(process(data, size, resize_mode, quality)).numpy()

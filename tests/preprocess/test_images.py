@@ -85,11 +85,16 @@ def test_preprocess_offers_the_resize_modes_the_implementation_knows():
 
 
 def test_to_array_is_the_decoded_example_record():
-    photo = Image.new("RGB", (90, 50), (10, 120, 230))
-    data = _encoded(photo, "PNG")
+    """What the served model sees equals what training reads from preprocess's record, pixel for pixel."""
+    from tlpipe.components.common import examples
+
+    noisy = np.random.default_rng(0).integers(0, 256, (50, 90, 3), dtype=np.uint8)  # where decoders differ
+    data = _encoded(Image.fromarray(noisy), "PNG")
     array = images.to_array(data, 24, "pad", 95)
+    record = examples.encode_example(images.process(data, 24, "pad", 95), 0, b"sha")
+    trained_on = examples.parse_example(record)[0].numpy()
     assert array.dtype == np.uint8 and array.shape == (24, 24, 3)
-    assert np.array_equal(array, np.asarray(Image.open(io.BytesIO(images.process(data, 24, "pad", 95)))))
+    assert np.array_equal(array, trained_on)
 
 
 def test_bad_input_raises():

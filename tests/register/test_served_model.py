@@ -119,11 +119,10 @@ def test_signature_says_image_bytes_in_label_probability_top_k_out(served, top_k
     assert [(p.name, p.default) for p in signature.params.params] == [("top_k", top_k)]
 
 
-def test_champion_labels_images_of_any_size_as_the_keras_model_does(served, classes, top_k):
+def test_champion_labels_images_of_any_size_as_the_keras_model_does(served, classes, top_k, session_examples):
     import mlflow
-    import tensorflow as tf
 
-    from tlpipe.components.common import model_artifact
+    from tlpipe.components.common import examples, model_artifact
 
     name, *_, best = served
     sent = photos()
@@ -131,9 +130,12 @@ def test_champion_labels_images_of_any_size_as_the_keras_model_does(served, clas
         pd.DataFrame({"image": [data for _, data in sent]}))
     assert list(answer.columns) == ["label", "probability", "top_k"] and len(answer) == len(sent)
     keras_model = model_artifact.load_model(best)
-    # as training reads an example: preprocess's JPEG of the image, decoded by TensorFlow
-    prepared = np.stack([tf.io.decode_jpeg(images.process(data, 32, "squash", 95), channels=3).numpy()
-                         for _, data in sent])
+    # as training reads an example: preprocess's JPEG of the image at the examples' settings, as a record
+    schema = examples.read_schema(session_examples)
+    jpegs = [images.process(data, int(schema["image_size"]), schema["resize_mode"], int(schema["jpeg_quality"]))
+             for _, data in sent]
+    prepared = np.stack([examples.parse_example(examples.encode_example(jpeg, 0, b"sha"))[0].numpy()
+                         for jpeg in jpegs])
     probs = keras_model(prepared.astype("float32"), training=False).numpy()
     assert list(answer["label"]) == [classes[i] for i in probs.argmax(axis=1)]
     assert set(answer["label"]) <= set(classes)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -360,9 +361,10 @@ def test_cli_imports_and_uploads_to_s3(stack, bucket, s3_client, weights_cache, 
         out.read_bytes()).hexdigest()
 
 
-def test_cli_rejects_a_bad_upload_uri_before_importing(tmp_path):
-    with pytest.raises(ValueError, match=r"must name a \.keras object"):
-        cli(["weights", "import", "mobilenet_v2", "--out", str(tmp_path / "m.keras"), "--upload", "s3://b/m.h5"])
-    with pytest.raises(ValueError, match="not an s3:// URI"):
-        cli(["weights", "import", "mobilenet_v2", "--out", str(tmp_path / "m.keras"), "--upload", "backbones/m.keras"])
+def test_cli_rejects_a_bad_upload_uri_before_importing(tmp_path, capsys):
+    out = str(tmp_path / "m.keras")
+    assert cli(["weights", "import", "mobilenet_v2", "--out", out, "--upload", "s3://b/m.h5"]) == 2
+    assert re.search(r"^tlpipe: error: .*must name a \.keras object", capsys.readouterr().err, re.M)
+    assert cli(["weights", "import", "mobilenet_v2", "--out", out, "--upload", "backbones/m.keras"]) == 2
+    assert re.search(r"^tlpipe: error: .*not an s3:// URI", capsys.readouterr().err, re.M)
     assert not (tmp_path / "m.keras").exists()
