@@ -1,7 +1,7 @@
 """The KFP pipeline `transfer-learning-image-classifier` (docs/DESIGN.md "Flow", §7).
 
-validate-parameters -> listing-fingerprint -> ingest -> preprocess -> train_frozen -> finetune
-                                                                  \\-> train_scratch  -> evaluate -> register
+validate-parameters -> listing-fingerprint -> ingest -> preprocess -> tune -> train_frozen -> finetune
+                                                                  \\-> train_scratch          -> evaluate -> register
 
 validate-parameters checks every parameter first (tlpipe.pipelines.validation), so a bad value fails the run
 in seconds. A stage switched off (run_finetune / run_scratch_baseline false) still runs, as a task that only
@@ -27,19 +27,21 @@ from tlpipe.components.preprocess.component import preprocess_op
 from tlpipe.components.preprocess.params import PreprocessParams
 from tlpipe.components.register.component import register_op
 from tlpipe.components.register.params import RegisterParams
-from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op
-from tlpipe.components.train.params import TrainParams
+from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op, tune_op
+from tlpipe.components.train.params import TrainParams, TuneParams
 from tlpipe.pipelines import backends, validation
 from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"
-TRAINING_STEPS = ("train-frozen", "finetune", "train-scratch")
+TRAINING_STEPS = ("tune", "train-frozen", "finetune", "train-scratch")  # on the training resources (and GPU)
 
 
 class PipelineOutputs(NamedTuple):
-    """What a run returns: the chosen stage, the registry outcome, the comparison metrics and report."""
+    """What a run returns: the tune step's choice, the chosen stage, the registry outcome, the comparison
+    metrics and report."""
 
+    tune_choice: str
     best_stage: str
     model_version: str
     promoted: bool
@@ -51,8 +53,9 @@ class PipelineOutputs(NamedTuple):
 def validate_parameters_op(
     data_uri: str, num_classes: int, image_size: int, batch_size: int, epochs: int, learning_rate: float,
     unfreeze_layers: int, finetune_epochs: int, finetune_learning_rate: float, backbone: str, alpha: float,
-    weights: str, augment: bool, feature_cache: str, early_stopping_patience: int, early_stopping_monitor: str,
-    use_class_weights: bool, seed: int, group_pattern: str, dedupe: str, near_duplicate_method: str,
+    weights: str, augment: bool, feature_cache: str, weight_decay: float, label_smoothing: float,
+    early_stopping_patience: int, early_stopping_monitor: str, use_class_weights: bool, seed: int, tune: str,
+    tune_trials: int, tune_timeout_s: float, tune_space: str, group_pattern: str, dedupe: str, near_duplicate_method: str,
     near_duplicate_similarity: float, allow_similar_class_names: bool, resize_mode: str, spark_backend: str,
     spark_options: dict, run_finetune: bool, run_scratch_baseline: bool, selection_metric: str, top_k: int,
     registered_model_name: str, min_improvement: float, experiment: str,
@@ -89,6 +92,7 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     fingerprint = step(listing_fingerprint_op, "ingest")
     ingest = step(ingest_op, "ingest")
     preprocess = step(preprocess_op, "preprocess")
+    tuner = step(tune_op, "tune")
     train_frozen = step(train_frozen_op, "train-frozen")
     finetune = step(finetune_op, "finetune")
     train_scratch = step(train_scratch_op, "train-scratch")
@@ -130,10 +134,16 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         weights: str = TrainParams.weights,
         augment: bool = TrainParams.augment,
         feature_cache: str = TrainParams.feature_cache,
+        weight_decay: float = TrainParams.weight_decay,
+        label_smoothing: float = TrainParams.label_smoothing,
         early_stopping_patience: int = TrainParams.early_stopping_patience,
         early_stopping_monitor: str = TrainParams.early_stopping_monitor,
         use_class_weights: bool = TrainParams.use_class_weights,
         seed: int = TrainParams.seed,
+        tune: str = TuneParams.tune,
+        tune_trials: int = TuneParams.tune_trials,
+        tune_timeout_s: float = TuneParams.tune_timeout_s,
+        tune_space: str = TuneParams.tune_space,
         group_pattern: str = IngestParams.group_pattern,
         dedupe: str = IngestParams.dedupe,
         near_duplicate_method: str = IngestParams.near_duplicate_method,
@@ -152,7 +162,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     ) -> PipelineOutputs:
         """S3 images -> Spark preprocessing -> transfer learning -> evaluation -> MLflow registry.
 
-        Trains a frozen-backbone model, fine-tunes it and trains a from-scratch baseline beside them on the
+        Chooses the frozen stage's recipe (tune: Optuna, grouped cross-validation on train+val), trains a
+        frozen-backbone model with it, fine-tunes it and trains a from-scratch baseline beside them on the
         same data, scores all three on the test split and registers the best as a model version, moving the
         `champion` alias only when it beats the current champion.
 
@@ -162,20 +173,33 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
                 data has.
             image_size: side in pixels the images are resized to for training.
             batch_size: training batch size of every stage.
-            epochs: epochs of the frozen and the scratch stage (early stopping may end them sooner).
-            learning_rate: Adam learning rate of the frozen and the scratch stage.
+            epochs: epochs of the scratch stage, and of the frozen stage with tune=off (early stopping may end
+                them sooner; a search chooses the frozen stage's own).
+            learning_rate: Adam learning rate of the scratch stage, and of the frozen stage with tune=off.
             unfreeze_layers: how many of the backbone's last layers fine-tuning unfreezes (BatchNorm stays frozen).
             finetune_epochs: epochs of the fine-tuning stage.
             finetune_learning_rate: Adam learning rate of the fine-tuning stage.
             backbone: MobileNetV2, ResNet50 or EfficientNetB0 (keras.applications).
             alpha: width multiplier of MobileNetV2 (must match the weights).
             weights: imagenet, or a path / s3:// URI of a .weights.h5 file or a backbone .keras file.
-            augment: random rotation, shift, flip, zoom and shear of the training images.
-            feature_cache: frozen stage on cached backbone features: off, on, or augmented:K (K augmented views).
+            augment: random rotation, shift, flip, zoom and shear of the training images (the frozen stage's
+                with tune=off).
+            feature_cache: frozen stage on cached backbone features with tune=off: off, on, flips, or augmented:K
+                (K augmented views).
+            weight_decay: AdamW decoupled weight decay of the scratch stage, and of the frozen stage with
+                tune=off (0: Adam).
+            label_smoothing: label smoothing of the scratch stage, and of the frozen stage with tune=off, in [0, 1).
             early_stopping_patience: epochs without improvement before a stage stops; 0 turns it off.
             early_stopping_monitor: the val metric that picks the best epoch: val_loss or val_accuracy.
             use_class_weights: weight the loss by inverse class frequency.
-            seed: seed of the training stages (the split is fixed by the data, not by this).
+            seed: seed of the training stages and of the tune search (the split is fixed by the data, not by this).
+            tune: frozen (search the frozen stage's head, dropout, learning rate, weight decay, label smoothing
+                and feature cache on cached train+val features; the test split is never read) or off (the frozen
+                stage trains with the values given here); all is not built yet.
+            tune_trials: trials of the search.
+            tune_timeout_s: wall-clock budget of the search in seconds; 0: none.
+            tune_space: JSON replacing entries of the search space (components/train/README.md), e.g.
+                {"feature_cache": "on"}; empty: the default space.
             group_pattern: regex on the object key whose first group names a source (e.g. a video id): all its
                 images land in one split.
             dedupe: duplicate handling in ingest: off, exact (same bytes) or near (also near-duplicates, found
@@ -200,7 +224,7 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             experiment: the MLflow experiment of the runs.
 
         Returns:
-            best_stage, model_version, promoted and decision of the registry gate, the comparison metrics and
+            tune_choice (the tune step's choice in one line), best_stage, model_version, promoted and decision of the registry gate, the comparison metrics and
             the HTML report.
         """
         nonlocal checked
@@ -219,29 +243,36 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             resources.preprocess_memory)
         examples = prep.outputs["examples"]
 
-        common = dict(examples=examples, batch_size=batch_size, augment=augment, seed=seed,
-                      early_stopping_patience=early_stopping_patience, early_stopping_monitor=early_stopping_monitor,
-                      use_class_weights=use_class_weights, experiment=experiment)
+        common = dict(examples=examples, batch_size=batch_size, seed=seed, experiment=experiment)
+        stopping = dict(early_stopping_patience=early_stopping_patience, early_stopping_monitor=early_stopping_monitor,
+                        use_class_weights=use_class_weights)
+        searched = trainer(tuner(
+            manifest=manifest, backbone=backbone, alpha=alpha, weights=weights, epochs=epochs,
+            learning_rate=learning_rate, augment=augment, feature_cache=feature_cache, weight_decay=weight_decay,
+            label_smoothing=label_smoothing, tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s,
+            tune_space=tune_space, **common), "tune")
         frozen = trainer(train_frozen(
-            backbone=backbone, alpha=alpha, weights=weights, epochs=epochs, learning_rate=learning_rate,
-            feature_cache=feature_cache, **common), "train-frozen")
+            tune_result=searched.outputs["tune_result"], backbone=backbone, alpha=alpha, weights=weights,
+            **stopping, **common), "train-frozen")
         tuned = trainer(finetune(
             frozen_model=frozen.outputs["model"], finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
-            finetune_learning_rate=finetune_learning_rate, enabled=run_finetune, **common), "finetune")
+            finetune_learning_rate=finetune_learning_rate, augment=augment, enabled=run_finetune, **stopping,
+            **common), "finetune")
         scratch = trainer(train_scratch(
-            backbone=backbone, alpha=alpha, epochs=epochs, learning_rate=learning_rate,
-            enabled=run_scratch_baseline, **common), "train-scratch")
+            backbone=backbone, alpha=alpha, epochs=epochs, learning_rate=learning_rate, augment=augment,
+            weight_decay=weight_decay, label_smoothing=label_smoothing, enabled=run_scratch_baseline, **stopping,
+            **common), "train-scratch")
 
         evaluation = sized(connected(evaluate(
             examples=examples, frozen_model=frozen.outputs["model"], finetuned_model=tuned.outputs["model"],
-            scratch_model=scratch.outputs["model"], selection_metric=selection_metric, top_k=top_k,
-            experiment=experiment), "evaluate", retries=2), resources.evaluate_cpu, resources.evaluate_memory)
+            scratch_model=scratch.outputs["model"], tune_result=searched.outputs["tune_result"],
+            selection_metric=selection_metric, top_k=top_k, experiment=experiment), "evaluate", retries=2), resources.evaluate_cpu, resources.evaluate_memory)
         # The registry is outside the pipeline: always run the gate (it is idempotent), never serve it from cache.
         registration = sized(connected(register(
             best_model=evaluation.outputs["best_model"], examples=examples, manifest=manifest,
             registered_model_name=registered_model_name, min_improvement=min_improvement,
             experiment=experiment), "register", cache=False), resources.register_cpu, resources.register_memory)
-        return PipelineOutputs(best_stage=evaluation.outputs["best_stage"],
+        return PipelineOutputs(tune_choice=searched.outputs["Output"], best_stage=evaluation.outputs["best_stage"],
                        model_version=registration.outputs["model_version"],
                        promoted=registration.outputs["promoted"], decision=registration.outputs["decision"],
                        metrics=evaluation.outputs["metrics"], report=evaluation.outputs["report"])

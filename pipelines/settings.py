@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 STEP_IMAGE_FAMILY = {
     "ingest": "base",
     "preprocess": "spark",
+    "tune": "train",
     "train-frozen": "train",
     "finetune": "train",
     "train-scratch": "train",

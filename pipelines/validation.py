@@ -18,7 +18,7 @@ from tlpipe.components.evaluate.params import EvaluateParams
 from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.preprocess.params import PreprocessParams, check_backend, check_resize_mode
 from tlpipe.components.register.params import RegisterParams
-from tlpipe.components.train.params import BACKBONES, TrainParams
+from tlpipe.components.train.params import BACKBONES, TrainParams, TuneParams
 
 DEFAULT_DATA_URI = "s3://tlpipe/datasets/fish"
 NO_WEIGHTS = ("", "none", "None")  # random initialisation (what train.model.resolve_weights reads as None)
@@ -43,6 +43,14 @@ def _ingest(field: str):
 
 def _train(field: str, stage: str = "train_frozen"):
     return lambda value, params: TrainParams(**{field: value}).validate(stage)
+
+
+def _tune(field: str):
+    return lambda value, params: TuneParams(**{field: value}).validate()
+
+
+def _tune_space(value, params) -> None:
+    TuneParams(tune_space=value).space()
 
 
 def _evaluate(field: str):
@@ -118,10 +126,16 @@ PARAMETERS: dict[str, Parameter] = {
     "weights": Parameter(str, TrainParams.weights, _weights),
     "augment": Parameter(bool, TrainParams.augment),
     "feature_cache": Parameter(str, TrainParams.feature_cache, _feature_cache),
+    "weight_decay": Parameter(float, TrainParams.weight_decay, _train("weight_decay")),
+    "label_smoothing": Parameter(float, TrainParams.label_smoothing, _train("label_smoothing")),
     "early_stopping_patience": Parameter(int, TrainParams.early_stopping_patience),
     "early_stopping_monitor": Parameter(str, TrainParams.early_stopping_monitor, _train("early_stopping_monitor")),
     "use_class_weights": Parameter(bool, TrainParams.use_class_weights),
     "seed": Parameter(int, TrainParams.seed),
+    "tune": Parameter(str, TuneParams.tune, _tune("tune")),
+    "tune_trials": Parameter(int, TuneParams.tune_trials, _tune("tune_trials")),
+    "tune_timeout_s": Parameter(float, TuneParams.tune_timeout_s, _tune("tune_timeout_s")),
+    "tune_space": Parameter(str, TuneParams.tune_space, _tune_space),
     "group_pattern": Parameter(str, IngestParams.group_pattern, _ingest("group_pattern")),
     "dedupe": Parameter(str, IngestParams.dedupe, _ingest("dedupe")),
     "near_duplicate_method": Parameter(str, IngestParams.near_duplicate_method, _ingest("near_duplicate_method")),

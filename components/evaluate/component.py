@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 
 def evaluate_op(
@@ -19,6 +19,7 @@ def evaluate_op(
     experiment: str = "fish-classification",
     kfp_run_id: str = "local",
     latency_repeats: int = 20,
+    tune_result: Input[Artifact] = None,
 ) -> NamedTuple("EvaluateOutputs", [("best_stage", str), ("best_score", float), ("explanation", str)]):
     """Score the frozen, fine-tuned and scratch models on val and test, choose on val, pass on the best one.
 
@@ -42,6 +43,7 @@ def evaluate_op(
         experiment: The MLflow experiment of the pipeline's parent run.
         kfp_run_id: The pipeline run whose MLflow parent run this step logs under ("local": $KFP_RUN_ID).
         latency_repeats: Timed CPU inference runs per batch size (1 and 32), after warm-up.
+        tune_result: The tune step's output (optional): the report shows its choice and the study's plots.
 
     Returns:
         EvaluateOutputs: `best_stage` (the stage chosen), `best_score` (its val `selection_metric`, which
@@ -60,7 +62,7 @@ def evaluate_op(
     work = Path(tempfile.mkdtemp(prefix="evaluate-"))
     result = core.evaluate(examples.path, model_dirs, work, selection_metric=selection_metric, top_k=top_k,
                            metadata={stage: dict(a.metadata) for stage, a in inputs.items()},
-                           latency_repeats=latency_repeats)
+                           latency_repeats=latency_repeats, tune_dir=tune_result.path if tune_result else None)
     core.log_to_mlflow(result, work, kfp_run_id=kfp_run_id, experiment=experiment)
 
     scalars = core.flat_metrics(result)

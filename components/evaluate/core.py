@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlpipe.components.common import model_artifact, scoring
+from tlpipe.components.common import model_artifact, scoring, tune_result
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.model_artifact import EVALUATION_FILE, ModelArtifactError
 from tlpipe.components.evaluate import report as html_report
@@ -25,7 +25,6 @@ from tlpipe.components.evaluate.params import EvaluateParams
 log = get_logger("evaluate")
 
 REPORT_FILE = "report.html"
-TUNE_FILE = "best_params.json"  # what the tune step writes (components/train/tune.py BEST_FILE)
 SCRATCH_STAGE = "scratch"
 # From the simplest stage to the most complex: frozen trains only the head on a fixed backbone, finetuned also
 # the top of the backbone, scratch every weight. A tie on val goes to the simpler one: it generalises at least
@@ -233,12 +232,11 @@ def evaluate(
 
 
 def read_tune(tune_dir: str | Path | None) -> dict:
-    """The tune step's choice (its best_params.json) and its study plots as data URIs; {} without a tune step."""
-    if tune_dir is None or not (Path(tune_dir) / TUNE_FILE).is_file():
+    """The tune step's choice (its `tune_result`) and its study plots as data URIs; {} without a tune step."""
+    if tune_dir is None:
         return {}
-    best = json.loads((Path(tune_dir) / TUNE_FILE).read_text())
-    figures = {f"tune:{name}": html_report.data_uri((Path(tune_dir) / name).read_bytes())
-               for name in best.get("plots", []) if (Path(tune_dir) / name).is_file()}
+    best = tune_result.read(tune_dir)
+    figures = {f"tune:{name}": html_report.data_uri(png) for name, png in tune_result.plots(tune_dir, best).items()}
     keep = ("tune", "line", "cv_accuracy", "train_params", "trials", "folds")
     return {**{k: best[k] for k in keep if k in best}, "figures": figures}
 

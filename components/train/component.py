@@ -1,4 +1,4 @@
-"""KFP adapters of the training stages: map artifacts and parameters onto tlpipe.components.train.core.
+"""KFP adapters of the tune step and the training stages: map artifacts and parameters onto train.tune and train.core.
 
 Plain functions; the pipeline wraps them with dsl.component(fn, base_image=..., install_kfp_package=False)
 and sets CPU/memory/GPU requests on the tasks. The defaults are literals (KFP embeds each function's source);
@@ -8,53 +8,105 @@ last finished epoch. A stage switched off (`enabled` false) writes only its plac
 nothing heavy, so evaluate always receives three model artifacts.
 """
 
-from kfp.dsl import Dataset, Input, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
 
-def train_frozen_op(examples: Input[Dataset], model: Output[Model], backbone: str = "MobileNetV2",
-                    alpha: float = 1.0, weights: str = "imagenet", batch_size: int = 32, epochs: int = 10,
-                    learning_rate: float = 1e-3, augment: bool = True, feature_cache: str = "off",
-                    early_stopping_patience: int = 3, early_stopping_monitor: str = "val_loss",
-                    use_class_weights: bool = False, seed: int = 42,
-                    experiment: str = "fish-classification", kfp_run_id: str = "local",
-                    dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> float:  # noqa: B006 - KFP defaults
-    """Train a new classification head on a frozen pretrained backbone.
+def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Output[Artifact],
+            backbone: str = "MobileNetV2", alpha: float = 1.0, weights: str = "imagenet", batch_size: int = 32,
+            epochs: int = 10, learning_rate: float = 1e-3, augment: bool = True, feature_cache: str = "off",
+            weight_decay: float = 0.0, label_smoothing: float = 0.0, seed: int = 42, tune: str = "frozen",
+            tune_trials: int = 20, tune_timeout_s: float = 90.0, tune_space: str = "",
+            experiment: str = "fish-classification", kfp_run_id: str = "local",
+            dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> str:  # noqa: B006 - KFP defaults
+    """Choose the frozen stage's recipe (Optuna, grouped cross-validation on cached train+val features).
+
+    tune=frozen searches head size, dropout, learning rate, weight decay, label smoothing and feature cache
+    (the test split is never read); tune=off passes the given values on. Either way train-frozen trains with
+    the `train_params` of the output, and the given values of what tune may choose are logged on the parent
+    MLflow run (the choice as `tune.<name>`, each trial as a nested run).
+
+    Args:
+        examples: the `examples` artifact (its train and val splits).
+        manifest: the `manifest` artifact of ingest: the images' split groups, kept whole in every fold.
+        tune_result: the output: best_params.json (`train_params`, the choice's `line`, CV accuracy, trial
+            counts) and the study's plots (docs/DESIGN.md §4a).
+        backbone: the keras.applications backbone: MobileNetV2, ResNet50 or EfficientNetB0.
+        alpha: MobileNetV2 width multiplier (1.0 for the other backbones).
+        weights: imagenet, a local path or an s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras.
+        batch_size: images per batch (feature extraction and the trials' heads).
+        epochs: train-frozen's epochs with tune=off (a search chooses its own).
+        learning_rate: train-frozen's learning rate with tune=off.
+        augment: train-frozen's augmentation with tune=off.
+        feature_cache: train-frozen's feature cache with tune=off.
+        weight_decay: train-frozen's AdamW weight decay with tune=off (0: Adam).
+        label_smoothing: train-frozen's label smoothing with tune=off.
+        seed: seed of the folds, the sampler and the trials.
+        tune: off or frozen (the frozen-stage search); all is not built yet.
+        tune_trials: trials of the study (finished, pruned or failed).
+        tune_timeout_s: wall-clock budget of the search in seconds; 0: none.
+        tune_space: JSON replacing entries of the search space, e.g. {"feature_cache": "on"}.
+        experiment: MLflow experiment of the pipeline's parent run.
+        kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
+        dense_units: units of the head's Dense layers with tune=off.
+        dropouts: dropout rate after each Dense layer with tune=off.
+
+    Returns:
+        The choice in one line (what train-frozen trains with, and its CV accuracy after a search).
+    """
+    from tlpipe.components.train.params import TrainParams, TuneParams
+    from tlpipe.components.train.tune import tune as search
+
+    params = TuneParams(tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s, tune_space=tune_space)
+    train = TrainParams(backbone=backbone, alpha=alpha, weights=weights, batch_size=batch_size, epochs=epochs,
+                        learning_rate=learning_rate, augment=augment, feature_cache=feature_cache,
+                        weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
+                        dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
+    best = search(examples.path, tune_result.path, params, train, manifest_dir=manifest.path, experiment=experiment,
+                  kfp_run_id=kfp_run_id)
+    tune_result.metadata.update({k: best[k] for k in ("tune", "cv_accuracy", "best_trial", "folds") if k in best})
+    tune_result.metadata.update({f"trials_{k}": v for k, v in best.get("trials", {}).items()})
+    return best["line"]
+
+
+def train_frozen_op(examples: Input[Dataset], tune_result: Input[Artifact], model: Output[Model],
+                    backbone: str = "MobileNetV2", alpha: float = 1.0, weights: str = "imagenet",
+                    batch_size: int = 32, early_stopping_patience: int = 3, early_stopping_monitor: str = "val_loss",
+                    use_class_weights: bool = False, seed: int = 42, experiment: str = "fish-classification",
+                    kfp_run_id: str = "local") -> float:
+    """Train a new classification head on a frozen pretrained backbone, with the recipe the tune step chose.
 
     The backbone runs in inference mode; the head is GAP -> Dense -> Dropout (per dense_units/dropouts) ->
-    softmax. Writes the `model` artifact (docs/DESIGN.md §4) and logs a nested MLflow run.
+    softmax. Epochs, learning rate, head, dropouts, weight decay, label smoothing, augmentation and feature
+    cache are the `train_params` of `tune_result` (with tune=off: the pipeline's values). Writes the `model`
+    artifact (docs/DESIGN.md §4) and logs a nested MLflow run.
 
     Args:
         examples: the `examples` artifact (TFRecord shards and schema.json) to train and validate on.
+        tune_result: the tune step's output: its best_params.json says what to train with.
         model: the output `model` artifact: model.keras, class_indices.json, history.json, curves.png.
         backbone: the keras.applications backbone: MobileNetV2, ResNet50 or EfficientNetB0.
         alpha: MobileNetV2 width multiplier (1.0 for the other backbones).
         weights: imagenet, a local path or an s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras.
         batch_size: images per training batch.
-        epochs: training epochs (at most, with early stopping).
-        learning_rate: Adam learning rate.
-        augment: random rotation, shift, flip, zoom and shear of the training images.
-        feature_cache: off, on (clean backbone features computed once) or augmented:K (K augmented views).
         early_stopping_patience: epochs without a gain of the monitored val metric before stopping; 0: off.
         early_stopping_monitor: val_loss or val_accuracy: the val metric that picks the best epoch.
         use_class_weights: weight the loss by inverse class frequency.
         seed: seed of weights initialisation, dropout, augmentation and shuffling.
         experiment: MLflow experiment of the pipeline's parent run.
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
-        dense_units: units of the head's Dense layers.
-        dropouts: dropout rate after each Dense layer (one per entry of dense_units).
 
     Returns:
         The final val accuracy of the best epoch's weights.
     """
+    from tlpipe.components.common import tune_result as tuned
     from tlpipe.components.train import core
     from tlpipe.components.train.checkpoint import checkpoint_uri_for
     from tlpipe.components.train.params import TrainParams
 
-    params = TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
-                         early_stopping_patience=early_stopping_patience,
+    params = TrainParams(batch_size=batch_size, early_stopping_patience=early_stopping_patience,
                          early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
-                         seed=seed, feature_cache=feature_cache, backbone=backbone, alpha=alpha, weights=weights,
-                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
+                         seed=seed, backbone=backbone, alpha=alpha,
+                         weights=weights).tuned(tuned.read(tune_result.path)["train_params"])
     result = core.train_frozen(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
                                checkpoint_uri=checkpoint_uri_for(model.uri), examples_uri=examples.uri)
     model.metadata.update(result.metadata)
@@ -119,7 +171,7 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
                      early_stopping_monitor: str = "val_loss", use_class_weights: bool = False,
                      seed: int = 42, experiment: str = "fish-classification", kfp_run_id: str = "local",
                      dense_units: list = [512, 256], dropouts: list = [0.5, 0.3],  # noqa: B006 - KFP defaults
-                     enabled: bool = True) -> float:
+                     weight_decay: float = 0.0, label_smoothing: float = 0.0, enabled: bool = True) -> float:
     """Train the same architecture from random weights: the baseline transfer learning must beat.
 
     Same data, head and epoch budget as the frozen stage, with `weights=None`.
@@ -141,6 +193,8 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
         dense_units: units of the head's Dense layers.
         dropouts: dropout rate after each Dense layer (one per entry of dense_units).
+        weight_decay: AdamW decoupled weight decay (0: Adam).
+        label_smoothing: share of the target spread over all classes.
         enabled: false (the pipeline's run_scratch_baseline): write only the placeholder `model` (skipped.json).
 
     Returns:
@@ -159,8 +213,9 @@ def train_scratch_op(examples: Input[Dataset], model: Output[Model], backbone: s
     params = TrainParams(batch_size=batch_size, epochs=epochs, learning_rate=learning_rate, augment=augment,
                          early_stopping_patience=early_stopping_patience,
                          early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
-                         seed=seed, backbone=backbone, alpha=alpha, weights=None,
-                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
+                         seed=seed, backbone=backbone, alpha=alpha, weights=None, weight_decay=weight_decay,
+                         label_smoothing=label_smoothing, dense_units=tuple(int(u) for u in dense_units),
+                         dropouts=tuple(float(d) for d in dropouts))
     result = core.train_scratch(examples.path, model.path, params, experiment=experiment, kfp_run_id=kfp_run_id,
                                 checkpoint_uri=checkpoint_uri_for(model.uri), examples_uri=examples.uri)
     model.metadata.update(result.metadata)

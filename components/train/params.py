@@ -6,7 +6,7 @@ embeds their source); a test checks that they agree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 BACKBONES = ("MobileNetV2", "ResNet50", "EfficientNetB0")  # the stock backbones model.py builds
 MONITORS = ("val_loss", "val_accuracy")  # what early stopping and best-weights restore compare
@@ -41,6 +41,10 @@ class TrainParams:
     weight_decay: float = 0.0  # > 0: AdamW with this decoupled weight decay (train_frozen, train_scratch)
     label_smoothing: float = 0.0  # share of the target spread over all classes (train_frozen, train_scratch)
     extra: dict = field(default_factory=dict)
+
+    def tuned(self, train_params: dict) -> TrainParams:
+        """These parameters with the tune step's choice (`train_params` of its tune_result) in place."""
+        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in train_params.items()})
 
     def stage_epochs(self, stage: str) -> int:
         return self.finetune_epochs if stage == "finetune" else self.epochs
@@ -139,4 +143,28 @@ class TuneParams:
         if not isinstance(override, dict) or set(override) - set(DEFAULT_TUNE_SPACE):
             raise ValueError(f"tune_space must be a JSON object with keys among {sorted(DEFAULT_TUNE_SPACE)}, "
                              f"got {self.tune_space!r}")
+        for name, entry in override.items():
+            _check_space_entry(name, entry)
         return {**DEFAULT_TUNE_SPACE, **override}
+
+
+def _check_space_entry(name: str, entry) -> None:
+    """A ValueError naming the tune_space entry that is neither a value, {"choices": [...]} nor {"low", "high"}."""
+    if isinstance(entry, dict) and "choices" in entry:
+        values = entry["choices"]
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"tune_space {name}: choices must be a non-empty list, got {values!r}")
+    elif isinstance(entry, dict):
+        low, high = entry.get("low"), entry.get("high")
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (low, high)) or not low <= high:
+            raise ValueError(f"tune_space {name}: a range needs numbers low <= high, got {entry!r}")
+        if entry.get("log") and low <= 0:
+            raise ValueError(f"tune_space {name}: a log range needs low > 0, got {entry!r}")
+        values = []
+    else:
+        values = [entry]
+    if name == "feature_cache":
+        for mode in values:
+            if feature_cache_views(str(mode)) == 0:
+                raise ValueError(f"tune_space feature_cache: the search trains on cached features: "
+                                 f"'on', 'flips' or 'augmented:K', not {mode!r}")

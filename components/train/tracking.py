@@ -55,8 +55,8 @@ def log_params(stage: str, p: TrainParams, backbone: str, num_classes: int, imag
     mlflow.log_params(params)
 
 
-# What the tune step may choose for train_frozen. Until tune is a pipeline step, train_frozen logs their
-# pipeline values on the parent run (`tlpipe tune` logs its choice as tune.<name>).
+# What the tune step may choose for train_frozen: the tune step logs their pipeline values on the parent run
+# (and its choice as tune.<name>), so that a tuned frozen stage never contradicts them.
 TUNED = ("epochs", "learning_rate", "augment", "feature_cache", "dense_units", "dropouts", "weight_decay",
          "label_smoothing")
 
@@ -66,7 +66,7 @@ def parent_params(stage: str, p: TrainParams) -> dict:
 
     Only those whose value is the same in every stage that logs them (MLflow params are write-once):
     finetune logs its finetune_* and augment, scratch the architecture, epochs, learning_rate, augment and the
-    regularisation, frozen weights and TUNED.
+    regularisation, frozen alone weights; frozen logs none of TUNED (the tune step logs those).
     """
     params = {"batch_size": p.batch_size, "seed": p.seed, "early_stopping_patience": p.early_stopping_patience,
               "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights}
@@ -75,7 +75,7 @@ def parent_params(stage: str, p: TrainParams) -> dict:
                          "finetune_learning_rate": p.finetune_learning_rate, "unfreeze_layers": p.unfreeze_layers}
     params |= {"backbone": p.backbone, "alpha": p.alpha}
     if stage == "train_frozen":
-        return params | {"weights": _weights_label(p.weights, stage)} | tuned_params(p)
+        return params | {"weights": _weights_label(p.weights, stage)}
     return params | tuned_params(p, feature_cache=False)  # scratch trains on images, whatever feature_cache says
 
 

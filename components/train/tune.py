@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from tlpipe.components.common import examples, mlflow_utils
+from tlpipe.components.common import tune_result as artifact
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.train import data, tracking, trainer
@@ -31,22 +32,21 @@ from tlpipe.components.train.params import TrainParams, TuneParams, feature_cach
 
 log = get_logger("tune")
 
-BEST_FILE = "best_params.json"
+BEST_FILE, HISTORY_PLOT, IMPORTANCE_PLOT = artifact.BEST_FILE, artifact.HISTORY_PLOT, artifact.IMPORTANCE_PLOT
 FEATURES_FILE = "features.npz"
 SETTINGS_FILE = "settings.json"
-HISTORY_PLOT = "optimization_history.png"
-IMPORTANCE_PLOT = "param_importances.png"
 STUDY_NAME = "tlpipe-frozen"
 
 
 def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainParams | None = None, *,
          manifest_dir=None, track: bool = True, experiment: str = DEFAULT_EXPERIMENT,
          kfp_run_id: str = "local") -> dict:
-    """Search the frozen-stage recipe; write best_params.json (+ plots) into `out_dir`; return its content.
+    """Search the frozen-stage recipe; write the `tune_result` artifact (common.tune_result) into `out_dir`.
 
-    `train` holds the pipeline's train parameters (backbone, weights, batch size, seed and the defaults that
+    `train` holds the pipeline's train parameters (backbone, weights, batch size, seed and the values that
     tune=off passes on unchanged). `manifest_dir` gives the images' groups (ingest's `group`); without it every
-    image is its own group.
+    image is its own group. Tracked, it logs the pipeline's values of tracking.TUNED on the parent run (tune=off
+    too) and, after a search, its choice as `tune.<name>`. Returns the content of best_params.json.
     """
     params, train = params or TuneParams(), train or TrainParams()
     params.validate()
@@ -54,7 +54,11 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if params.tune == "off":
-        best = {"tune": "off", "train_params": chosen_params(train), "line": "tune=off: the given parameters"}
+        given = chosen_params(train)
+        best = {"tune": "off", "train_params": given, "line": f"tune: off; train_frozen trains with {json.dumps(given)}"}
+        if track and mlflow_utils.in_pipeline(kfp_run_id):
+            mlflow_utils.connect()
+            mlflow_utils.log_to_parent(kfp_run_id, experiment, params=parent_params(params, train))
     else:
         space = params.space()
         with _tracked(track, experiment, kfp_run_id) as run:
@@ -62,7 +66,7 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
             parent = (mlflow_utils.parent_run_id(kfp_run_id, experiment) if mlflow_utils.in_pipeline(kfp_run_id)
                       else run.info.run_id) if run is not None else None
             settings = {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(train))),
-                        "storage": params.tune_storage or str(out / "study.journal"), "study": STUDY_NAME,
+                        "storage": params.tune_storage or str(out / artifact.JOURNAL_FILE), "study": STUDY_NAME,
                         "mlflow_parent_run_id": parent, "experiment": experiment, "kfp_run_id": kfp_run_id,
                         "groups": cached["groups"]}
             (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
@@ -80,16 +84,22 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
             if run is not None:
                 _log_study(best, out, params, train, kfp_run_id, experiment)
     best["seconds"] = round(time.perf_counter() - started, 2)
-    (out / BEST_FILE).write_text(json.dumps(best, indent=2))
+    artifact.write(out, best)
     log.info("%s", best["line"])
     return best
 
 
 def chosen_params(p: TrainParams) -> dict:
-    """The train_frozen parameters the tune step passes on (the KFP outputs of tune_op)."""
-    return {"learning_rate": p.learning_rate, "dense_units": list(p.dense_units), "dropouts": list(p.dropouts),
-            "weight_decay": p.weight_decay, "label_smoothing": p.label_smoothing, "feature_cache": p.feature_cache,
-            "augment": p.augment, "epochs": p.epochs}
+    """The train_frozen parameters the tune step passes on (`train_params` of best_params.json): tracking.TUNED."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in ((n, getattr(p, n)) for n in tracking.TUNED)}
+
+
+def parent_params(params: TuneParams, train: TrainParams, best: dict | None = None) -> dict:
+    """What the tune step logs on the parent run: the pipeline's TUNED values, its own parameters, its choice."""
+    chosen = {f"tune.{k}": v for k, v in best["train_params"].items()} if best else {}
+    return {**tracking.tuned_params(train), "tune": params.tune, "tune_trials": params.tune_trials,
+            "tune_timeout_s": params.tune_timeout_s, "tune_space": params.tune_space or "{}", **chosen}
 
 
 # ----- features ------------------------------------------------------------------------------------
@@ -409,9 +419,7 @@ def _log_study(best: dict, out: Path, params: TuneParams, train: TrainParams, kf
     mlflow.set_tag("mlflow.note.content", best["line"])
     for name in best["plots"]:
         mlflow.log_artifact(str(out / name))
-    chosen = {f"tune.{k}": v for k, v in best["train_params"].items()}
-    mlflow_utils.log_to_parent(kfp_run_id, experiment, params={
-        **tracking.tuned_params(train), "tune": params.tune, "tune_trials": params.tune_trials, **chosen})
+    mlflow_utils.log_to_parent(kfp_run_id, experiment, params=parent_params(params, train, best))
 
 
 if __name__ == "__main__":  # a worker process: python -m tlpipe.components.train.tune OUT_DIR WORKER

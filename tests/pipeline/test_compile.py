@@ -14,7 +14,8 @@ from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults, vali
 from tlpipe.pipelines.pipeline import PIPELINE_NAME
 from tlpipe.pipelines.settings import STEP_IMAGE_FAMILY, ImageSettings, ResourceSettings
 
-STEPS = {"validate-parameters", "ingest", "preprocess", "train-frozen", "finetune", "train-scratch", "evaluate", "register"}
+STEPS = {"validate-parameters", "ingest", "preprocess", "tune", "train-frozen", "finetune", "train-scratch", "evaluate",
+         "register"}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +92,27 @@ def test_caching_retries_and_resources(compiled):
     assert (resources["resourceCpuLimit"], resources["resourceMemoryLimit"]) == ("6", "12G")
     finetune = doc["deploymentSpec"]["executors"]["exec-finetune-op"]["container"]["resources"]
     assert finetune["resourceCpuRequest"] == "6"
+    tune = doc["deploymentSpec"]["executors"]["exec-tune-op"]["container"]
+    assert (tune["resources"]["resourceCpuLimit"], tune["resources"]["resourceMemoryLimit"]) == ("6", "12G")
+    assert tune["image"] == "registry.example.com/ml/train:1.2.3" and tasks["tune-op"].retry_policy.max_retry_count == 2
+
+
+def test_the_tune_step_feeds_the_frozen_stage_and_the_report(compiled):
+    """tune runs on the examples and the manifest's groups; train-frozen and evaluate read its tune_result."""
+    _, spec, _ = compiled
+    tasks = spec.root.dag.tasks
+    tune = tasks["tune-op"]
+    assert {k: a.task_output_artifact.producer_task for k, a in tune.inputs.artifacts.items()} == {
+        "examples": "preprocess-op", "manifest": "ingest-op"}
+    for name in ("tune", "tune_trials", "tune_timeout_s", "tune_space", "epochs", "learning_rate", "feature_cache",
+                 "weight_decay", "label_smoothing"):
+        assert tune.inputs.parameters[name].component_input_parameter == name
+    for task in ("train-frozen-op", "evaluate-op"):
+        source = tasks[task].inputs.artifacts["tune_result"].task_output_artifact
+        assert (source.producer_task, source.output_artifact_key) == ("tune-op", "tune_result"), task
+    frozen = set(tasks["train-frozen-op"].inputs.parameters)
+    assert not frozen & {"epochs", "learning_rate", "feature_cache", "augment"}  # the tune result says those
+    assert {"weight_decay", "label_smoothing"} <= set(tasks["train-scratch-op"].inputs.parameters)
 
 
 def test_gpu_compile_switches_train_steps(tmp_path):

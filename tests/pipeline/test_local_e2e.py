@@ -6,6 +6,7 @@ the fine-tuned stage as skipped."""
 
 from __future__ import annotations
 
+import html
 import os
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from tlpipe.cli.main import main
-from tlpipe.components.common import model_artifact
+from tlpipe.components.common import model_artifact, tune_result
 from tlpipe.components.common.synthetic import write_dataset
 from tlpipe.components.evaluate import report
 
@@ -35,12 +36,19 @@ def test_local_pipeline_registers_a_champion_then_reuses_the_cache(stack, tmp_pa
     argv = ["local", "--data", str(tmp_path / "shapes"), "--pipeline-root", str(tmp_path / "root"),
             "-p", "num_classes=3", "-p", "image_size=32", "-p", "batch_size=8", "-p", "epochs=1",
             "-p", "finetune_epochs=1", "-p", "unfreeze_layers=5", "-p", "alpha=0.35", "-p", "weights=none",
-            "-p", "dedupe=exact", "-p", f"registered_model_name={MODEL}", "-p", "experiment=e2e"]
+            "-p", "dedupe=exact", "-p", f"registered_model_name={MODEL}", "-p", "experiment=e2e",
+            "-p", "tune_trials=2", "-p", 'tune_space={"feature_cache": "on"}']
 
     assert main(argv) == 0
     out = capsys.readouterr().out
     for stage in ("frozen", "finetuned", "scratch"):
         assert any(line.startswith(stage) for line in out.splitlines()), out
+    run = sorted((tmp_path / "root").glob("transfer-learning-image-classifier-*"))[-1]
+    best = tune_result.read(run / "tune-op" / "tune_result")  # the search ran, and the frozen stage trained with it
+    assert best["tune"] == "frozen" and best["line"] in out.splitlines(), out
+    assert best["trials"]["complete"] + best["trials"]["pruned"] == 2
+    assert len(model_artifact.read_history(run / "train-frozen-op" / "model")["epochs"]) <= best["train_params"]["epochs"]
+    assert html.escape(best["line"]) in (run / "evaluate-op" / "report.html").read_text()
     assert f"models:/{MODEL}/1 (alias @champion)" in out, out
     client = MlflowClient()
     assert client.get_model_version_by_alias(MODEL, "champion").version == "1"
@@ -101,6 +109,8 @@ def _check_what_the_user_sees(client, root: Path, images: list[Path], kfp_run_id
     (parent,) = client.search_runs([exp.experiment_id], f"tags.kfp_run_id = '{kfp_run_id}' and "
                                                         "tags.`tlpipe.role` = 'pipeline'")
     assert parent.data.params["image_size"] == "32" and parent.data.params["finetune_epochs"] == "1"
+    assert parent.data.params["epochs"] == "1" and parent.data.params["tune"] == "frozen"
+    assert "tune.epochs" in parent.data.params
     assert parent.data.params["best_stage"] in ("frozen", "finetuned", "scratch")
     assert "test_accuracy" in parent.data.metrics and "val_accuracy" in parent.data.metrics
     assert [i.dataset.name for i in parent.inputs.dataset_inputs] == ["manifest"]

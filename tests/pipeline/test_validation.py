@@ -9,6 +9,7 @@ import time
 import pytest
 from kfp import components, local
 
+from tlpipe.cli.demo import DEMO_PARAMS
 from tlpipe.cli.main import main
 from tlpipe.components.common.settings import ALL_ENV_VARS
 from tlpipe.pipelines.compiler import compile_pipeline
@@ -42,6 +43,18 @@ BAD = [  # (parameter, value, what the one line must say)
     ("run_finetune", "maybe", "must be true or false"),
     ("unfreeze_layers", -2, "unfreeze_layers must be >= 0"),
     ("registered_model_name", " ", "must not be empty"),
+    ("weight_decay", -1e-4, "weight_decay must be >= 0"),
+    ("label_smoothing", 1.0, "label_smoothing must be in [0, 1)"),
+    ("tune", "all", "tune='all' (the fine-tune search) is not built yet: use tune='frozen' or 'off'"),
+    ("tune", "always", "tune must be one of ('off', 'frozen', 'all')"),
+    ("tune_trials", 0, "tune_trials must be >= 1"),
+    ("tune_trials", 2.5, "must be a whole number"),
+    ("tune_timeout_s", -1, "tune_timeout_s must be >= 0"),
+    ("tune_space", "{lr: 1}", "tune_space is not valid JSON"),
+    ("tune_space", '["learning_rate"]', "tune_space must be a JSON object with keys among ['dense_units', "),
+    ("tune_space", '{"momentum": {"low": 0.8, "high": 0.99}}', "with keys among"),
+    ("tune_space", '{"feature_cache": {"choices": ["on", "augmented:x"]}}', "feature_cache must be 'off', 'on'"),
+    ("tune_space", '{"learning_rate": {"low": 0.1}}', "tune_space learning_rate: a range needs numbers low <= high"),
 ]
 
 
@@ -72,6 +85,10 @@ def test_good_values_come_back_typed(tmp_path):
     assert validate_parameters({"weights": "s3://b/w.keras"}) == {"weights": "s3://b/w.keras"}
     assert validate_parameters({"weights": "./no-such.keras"}, check_files=False)  # the pipeline's own check
     assert validate_parameters({}) == {}  # every default passes
+    assert validate_parameters(DEMO_PARAMS, check_files=False)["tune_timeout_s"] == 45.0  # what `tlpipe demo` runs
+    space = '{"feature_cache": "on", "dense_units": {"choices": ["", "64"]}}'
+    assert validate_parameters({"tune": "off", "tune_trials": "5", "tune_timeout_s": 0, "tune_space": space}) == {
+        "tune": "off", "tune_trials": 5, "tune_timeout_s": 0.0, "tune_space": space}
 
 
 def test_the_schema_is_the_pipelines_parameters():
@@ -103,7 +120,8 @@ def test_tlpipe_local_fails_in_seconds_without_starting_a_server(argv, named, mo
     assert err.startswith("tlpipe: error: ") and named in err, err
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}], ids=["epochs=0", "backbone=VGG16"])
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}, {"tune": "all"}],
+                         ids=["epochs=0", "backbone=VGG16", "tune=all"])
 def test_the_compiled_pipeline_stops_at_its_validation_task(bad, tmp_path, capfd):
     """As a run launched from the KFP dashboard: the compiled YAML fails in validate-parameters, in seconds."""
     package = compile_pipeline(tmp_path / "pipeline.yaml")

@@ -39,3 +39,35 @@ def fish_weights(shared_dir) -> Path:
     if not path.is_file():
         pytest.skip(f"{path} not found: the shared MobileNetV2-0.35 ImageNet weights live there")
     return path
+
+
+def write_examples_manifest(examples_dir: Path, manifest_dir: Path, per_group: int = 2) -> Path:
+    """A `manifest` artifact (common.manifest) naming the images of `examples_dir`: `per_group` images of a class
+    in a row share one split group, as copies of one source would."""
+    from tlpipe.components.common import examples, manifest
+
+    classes = examples.read_schema(examples_dir)["classes"]
+    columns = {name: [] for name, _ in manifest.COLUMNS}
+    for split in ("train", "val", "test"):
+        for i, (label, sha) in enumerate(_labels_and_hashes(examples_dir, split)):
+            row = {"uri": f"s3://test/{split}/{i}.jpg", "label": classes[label], "label_index": label, "split": split,
+                   "sha256": sha, "phash": "0" * 16, "group": f"{split}-{label}-{i // (per_group * len(classes))}",
+                   "bytes": 0, "width": 32, "height": 32, "format": "JPEG"}
+            for name, value in row.items():
+                columns[name].append(value)
+    manifest.write(manifest_dir, columns, classes)
+    return manifest_dir
+
+
+def _labels_and_hashes(examples_dir: Path, split: str) -> list[tuple[int, str]]:
+    import tensorflow as tf
+
+    from tlpipe.components.common import examples
+
+    records = tf.data.TFRecordDataset(examples.split_files(examples_dir, split)).map(examples.parse_example)
+    return [(int(label), sha.decode()) for _, label, sha in records.as_numpy_iterator()]
+
+
+@pytest.fixture
+def synthetic_manifest(synthetic_examples, tmp_path) -> Path:
+    return write_examples_manifest(synthetic_examples, tmp_path / "manifest")

@@ -1,4 +1,4 @@
-"""The KFP adapters run through kfp.local (frozen -> finetune), logging to the real embedded MLflow."""
+"""The KFP adapters run through kfp.local (tune -> frozen -> finetune), logging to the real embedded MLflow."""
 
 from __future__ import annotations
 
@@ -9,33 +9,52 @@ import mlflow
 from mlflow.tracking import MlflowClient
 
 
-def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, synthetic_examples, tiny_backbone):
+def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, synthetic_examples,
+                                                               synthetic_manifest, tiny_backbone):
     from kfp import dsl
 
-    from tlpipe.components.train.component import finetune_op, train_frozen_op
+    from tlpipe.components.common import tune_result
+    from tlpipe.components.train.component import finetune_op, train_frozen_op, tune_op
 
+    tune_component = dsl.component(tune_op, install_kfp_package=False)
     frozen_component = dsl.component(train_frozen_op, install_kfp_package=False)
     finetune_component = dsl.component(finetune_op, install_kfp_package=False)
 
     @dsl.pipeline(name="train-stages")
     def pipeline():
         examples = dsl.importer(artifact_uri=str(synthetic_examples), artifact_class=dsl.Dataset)
-        frozen = frozen_component(examples=examples.output, weights=str(tiny_backbone), batch_size=8, epochs=3,
-                                  augment=False, feature_cache="on", kfp_run_id="kfp-local-1",
-                                  dense_units=[32, 16], learning_rate=3e-3)
+        manifest = dsl.importer(artifact_uri=str(synthetic_manifest), artifact_class=dsl.Dataset)
+        searched = tune_component(examples=examples.output, manifest=manifest.output, weights=str(tiny_backbone),
+                                  batch_size=8, epochs=3, learning_rate=3e-3, augment=False, feature_cache="on",
+                                  dense_units=[32, 16], tune_trials=3, tune_space='{"feature_cache": "on"}',
+                                  kfp_run_id="kfp-local-1")
+        frozen = frozen_component(examples=examples.output, tune_result=searched.outputs["tune_result"],
+                                  weights=str(tiny_backbone), batch_size=8, early_stopping_patience=0,
+                                  kfp_run_id="kfp-local-1")
         finetune_component(examples=examples.output, frozen_model=frozen.outputs["model"], batch_size=8,
                            finetune_epochs=2, unfreeze_layers=2, kfp_run_id="kfp-local-1")
 
     pipeline()
 
     # artifacts and their metadata as KFP recorded them
-    models, returned = {}, {}
+    models, returned, searches = {}, {}, []
     for executor_output in Path(kfp_local).rglob("executor_output.json"):
         doc = json.loads(executor_output.read_text())
         for artifact in doc.get("artifacts", {}).get("model", {}).get("artifacts", []):
             models[artifact["metadata"]["stage"]] = artifact
             returned[artifact["metadata"]["stage"]] = doc["parameterValues"]["Output"]
+        searches += [(a, doc["parameterValues"]["Output"])
+                     for a in doc.get("artifacts", {}).get("tune_result", {}).get("artifacts", [])]
     assert set(models) == {"train_frozen", "finetune"}
+    # the tune step's choice is what the frozen stage trained with
+    ((search, line),) = searches
+    best = tune_result.read(search["uri"])
+    chosen = best["train_params"]
+    assert best["tune"] == "frozen" and line == best["line"] and f"{best['cv_accuracy']:.3f}" in line
+    assert search["metadata"]["trials_complete"] + search["metadata"]["trials_pruned"] == 3
+    assert chosen["feature_cache"] == "on" and chosen["augment"] is False
+    frozen_history = json.loads((Path(models["train_frozen"]["uri"]) / "history.json").read_text())
+    assert len(frozen_history["epochs"]) == chosen["epochs"]
     for artifact in models.values():
         meta = artifact["metadata"]
         assert meta["backbone"] == "MobileNetV2" and meta["image_size"] == 32, meta
@@ -50,14 +69,21 @@ def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, s
     children = client.search_runs([exp.experiment_id],
                                   f"tags.`mlflow.parentRunId` = '{parent[0].info.run_id}'")
     runs = {r.data.tags["stage"]: r for r in children}
-    assert set(runs) == {"train_frozen", "finetune"}
-    # each stage put the pipeline parameters it owns on the parent run, under the pipeline's names
+    assert set(runs) == {"train_frozen", "finetune", "tune", "tune_trial"}
+    trials = [r for r in children if r.data.tags["stage"] == "tune_trial"]
+    assert len(trials) == 3 and runs["tune"].data.metrics["cv_accuracy"] == best["cv_accuracy"]
+    # each step put the pipeline parameters it owns on the parent run, under the pipeline's names (the tune step
+    # the given values of what it may choose, and its choice as tune.<name>)
     on_parent = parent[0].data.params
     assert {k: on_parent[k] for k in ("batch_size", "epochs", "learning_rate", "feature_cache", "weights",
-                                      "finetune_epochs", "unfreeze_layers", "finetune_learning_rate")} == {
+                                      "finetune_epochs", "unfreeze_layers", "finetune_learning_rate", "tune",
+                                      "tune_trials", "tune.epochs", "tune.learning_rate")} == {
         "batch_size": "8", "epochs": "3", "learning_rate": "0.003", "feature_cache": "on",
         "weights": str(tiny_backbone), "finetune_epochs": "2", "unfreeze_layers": "2",
-        "finetune_learning_rate": "1e-05"}
+        "finetune_learning_rate": "1e-05", "tune": "frozen", "tune_trials": "3",
+        "tune.epochs": str(chosen["epochs"]), "tune.learning_rate": str(chosen["learning_rate"])}
+    assert runs["train_frozen"].data.params["learning_rate"] == str(chosen["learning_rate"])
+    runs = {stage: runs[stage] for stage in ("train_frozen", "finetune")}
     for stage, run in runs.items():
         assert run.data.metrics["final_val_accuracy"] == returned[stage] == models[stage]["metadata"]["val_accuracy"]
         assert run.info.run_id == models[stage]["metadata"]["mlflow_run_id"]
@@ -68,7 +94,7 @@ def test_adapters_in_a_local_pipeline_log_nested_mlflow_runs(stack, kfp_local, s
         assert params["num_classes"] == "3" and params["image_size"] == "32"
         for key in ("final_train_accuracy", "final_val_accuracy", "top_k_categorical_accuracy"):
             assert 0.0 <= run.data.metrics[key] <= 1.0
-        epochs = 3 if stage == "train_frozen" else 2
+        epochs = chosen["epochs"] if stage == "train_frozen" else 2
         for key in ("train_accuracy", "val_accuracy", "train_loss", "val_loss"):
             assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == list(range(epochs))
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {

@@ -61,8 +61,6 @@ def test_standalone_stage_leaves_no_run_running(stack, synthetic_examples, tiny_
 
 def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_client, bucket, tiny_backbone,
                                                                  tmp_path, monkeypatch):
-    from dataclasses import replace
-
     from tlpipe.components.ingest.core import ingest
     from tlpipe.components.preprocess.core import preprocess
     from tlpipe.components.train import core, tune
@@ -86,9 +84,7 @@ def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_cli
         tune_trials=3, tune_max_epochs=3, tune_space='{"feature_cache": "on"}'), params,
         manifest_dir=tmp_path / "manifest", experiment=experiment)
     chosen = best["train_params"]
-    tuned = replace(params, **{**chosen, "dense_units": tuple(chosen["dense_units"]),
-                               "dropouts": tuple(chosen["dropouts"])})
-    stage = core.train_frozen(tmp_path / "examples", tmp_path / "model", tuned, experiment=experiment,
+    stage = core.train_frozen(tmp_path / "examples", tmp_path / "model", params.tuned(chosen), experiment=experiment,
                               examples_uri=f"s3://{bucket}/artifacts/examples")
 
     client = MlflowClient()
@@ -115,7 +111,8 @@ def test_pipeline_parent_carries_the_step_params_and_the_data_sets(stack, s3_cli
         # the tune step: the pipeline's values of what it may choose for the frozen stage, and its choice
         "epochs": "2", "learning_rate": "0.003", "augment": "False", "feature_cache": "off",
         "train.dense_units": "[16]", "train.dropouts": "[0.1]", "weight_decay": "0.0", "label_smoothing": "0.0",
-        "tune": "frozen", "tune_trials": "3", **{f"tune.{k}": str(v) for k, v in chosen.items()},
+        "tune": "frozen", "tune_trials": "3", "tune_timeout_s": "90.0", "tune_space": '{"feature_cache": "on"}',
+        **{f"tune.{k}": str(v) for k, v in chosen.items()},
     }
     trials = client.search_runs([exp.experiment_id], "tags.stage = 'tune_trial'", run_view_type=ViewType.ALL)
     assert len(trials) == 3 and {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from tlpipe.components.train import core, tune
+from tlpipe.cli.main import main
+from tlpipe.components.common import model_artifact, tune_result
+from tlpipe.components.train import tune
 from tlpipe.components.train.params import TrainParams, TuneParams
 
 SMALL = dict(tune_trials=6, tune_max_epochs=5, tune_patience=2, tune_timeout_s=0,
@@ -18,7 +21,8 @@ def train_params(backbone) -> TrainParams:
     return TrainParams(weights=str(backbone), batch_size=8, early_stopping_patience=0)
 
 
-def test_a_seeded_search_repeats_and_its_choice_trains_the_frozen_stage(synthetic_examples, tiny_backbone, tmp_path):
+def test_a_seeded_search_repeats_and_its_choice_trains_the_frozen_stage(synthetic_examples, tiny_backbone, tmp_path,
+                                                                        capsys):
     first = tune.tune(synthetic_examples, tmp_path / "a", TuneParams(**SMALL), train_params(tiny_backbone), track=False)
     again = tune.tune(synthetic_examples, tmp_path / "b", TuneParams(**SMALL), train_params(tiny_backbone), track=False)
 
@@ -34,11 +38,22 @@ def test_a_seeded_search_repeats_and_its_choice_trains_the_frozen_stage(syntheti
         assert (tmp_path / "a" / name).read_bytes().startswith(b"\x89PNG")
     assert tune.HISTORY_PLOT in first["plots"]
 
-    chosen = first["train_params"]
-    params = TrainParams(**{**vars(train_params(tiny_backbone)), **chosen, "dense_units": tuple(chosen["dense_units"]),
-                            "dropouts": tuple(chosen["dropouts"])})
-    result = core.train_frozen(synthetic_examples, tmp_path / "model", params, track=False)
-    assert result.val_accuracy >= 0.6 and result.epochs_run == chosen["epochs"]
+    # `tlpipe train frozen --tune-result` trains with the choice (not with its own --epochs/--learning-rate)
+    assert main(["train", "frozen", "--examples", str(synthetic_examples), "--out", str(tmp_path / "model"),
+                 "--weights", str(tiny_backbone), "--batch-size", "8", "--early-stopping-patience", "0",
+                 "--epochs", "1", "--learning-rate", "0.5", "--tune-result", str(tmp_path / "a"), "--no-mlflow"]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{"):])
+    assert printed["val_accuracy"] >= 0.6 and printed["epochs_run"] == first["train_params"]["epochs"]
+    head = [layer.units for layer in _layers(model_artifact.load_model(tmp_path / "model")) if hasattr(layer, "units")]
+    assert head == [*first["train_params"]["dense_units"], 3]  # the chosen head, not the default 512/256
+
+
+def _layers(model):
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _layers(layer)
 
 
 def test_two_worker_processes_share_one_study(synthetic_examples, tiny_backbone, tmp_path):
@@ -69,6 +84,24 @@ def test_tune_off_passes_the_given_parameters_on(synthetic_examples, tmp_path):
     best = tune.tune(synthetic_examples, tmp_path, TuneParams(tune="off"), given, track=False)
     assert best["train_params"] == tune.chosen_params(given) and best["tune"] == "off"
     assert json.loads((tmp_path / tune.BEST_FILE).read_text())["train_params"]["learning_rate"] == 5e-4
+    assert TrainParams(batch_size=8).tuned(tune_result.read(tmp_path)["train_params"]) == replace(given, batch_size=8)
+
+
+def test_tune_off_in_a_pipeline_run_logs_the_given_values_on_the_parent(stack, synthetic_examples, tmp_path):
+    """Whatever tune says, the parent run holds the pipeline's values of what tune may choose."""
+    from mlflow.tracking import MlflowClient
+
+    from tlpipe.components.common import mlflow_utils
+
+    given = TrainParams(epochs=4, learning_rate=5e-4, weight_decay=1e-4, feature_cache="on", augment=False)
+    tune.tune(synthetic_examples, tmp_path, TuneParams(tune="off", tune_space='{"feature_cache": "on"}'), given,
+              kfp_run_id="tune-off-1", experiment="tune-off")
+    logged = MlflowClient().get_run(mlflow_utils.parent_run_id("tune-off-1", "tune-off")).data.params
+    assert {k: logged[k] for k in ("epochs", "learning_rate", "weight_decay", "feature_cache", "augment",
+                                   "train.dense_units", "tune", "tune_space")} == {
+        "epochs": "4", "learning_rate": "0.0005", "weight_decay": "0.0001", "feature_cache": "on",
+        "augment": "False", "train.dense_units": "[512, 256]", "tune": "off", "tune_space": '{"feature_cache": "on"}'}
+    assert not any(k.startswith("tune.") for k in logged)  # nothing was chosen
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
@@ -77,6 +110,10 @@ def test_tune_off_passes_the_given_parameters_on(synthetic_examples, tmp_path):
     ({"tune_space": "{not json"}, "tune_space is not valid JSON"),
     ({"tune_space": '{"momentum": 0.9}'}, "tune_space must be a JSON object with keys among"),
     ({"tune_folds": 1}, "tune_folds must be >= 2"),
+    ({"tune_space": '{"feature_cache": "off"}'}, "tune_space feature_cache: .* not 'off'"),
+    ({"tune_space": '{"learning_rate": {"low": 0.1, "high": 0.01}}'}, "tune_space learning_rate: .* low <= high"),
+    ({"tune_space": '{"weight_decay": {"low": 0, "high": 0.1, "log": true}}'}, "log range needs low > 0"),
+    ({"tune_space": '{"dense_units": {"choices": []}}'}, "tune_space dense_units: choices must be a non-empty list"),
 ])
 def test_bad_tune_parameters_are_named(overrides, message, synthetic_examples, tmp_path):
     with pytest.raises(ValueError, match=message):

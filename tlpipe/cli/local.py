@@ -84,8 +84,10 @@ COLUMNS = {"accuracy": "accuracy", "top_k_accuracy": "top-k acc", "macro_f1": "m
 
 
 def print_summary(outputs: dict, registered_model_name: str) -> None:
-    """The comparison table (frozen vs fine-tuned vs scratch), the choice, and where the model is registered."""
+    """The tune step's choice, the comparison table (frozen vs fine-tuned vs scratch), the chosen stage, and
+    where the model is registered."""
     scalars = dict(outputs["metrics"].metadata)
+    print(f"\n{outputs['tune_choice']}")
     print(f"\n{'stage':<10}" + "".join(f"{title:>16}" for title in COLUMNS.values()))
     for stage in STAGES:
         if f"{stage}_accuracy" not in scalars:

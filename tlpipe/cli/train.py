@@ -42,6 +42,10 @@ def _architecture(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=TrainParams.alpha, help="MobileNetV2 width multiplier")
     parser.add_argument("--dense-units", type=int, nargs="+", default=list(TrainParams.dense_units))
     parser.add_argument("--dropouts", type=float, nargs="+", default=list(TrainParams.dropouts))
+    parser.add_argument("--weight-decay", type=float, default=TrainParams.weight_decay,
+                        help="AdamW decoupled weight decay; 0: Adam")
+    parser.add_argument("--label-smoothing", type=float, default=TrainParams.label_smoothing,
+                        help="share of the target spread over all classes, in [0, 1)")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -61,8 +65,13 @@ def _run(args: argparse.Namespace) -> int:
         params.epochs, params.learning_rate = args.epochs, args.learning_rate
         params.backbone, params.alpha = args.backbone, args.alpha
         params.dense_units, params.dropouts = tuple(args.dense_units), tuple(args.dropouts)
+        params.weight_decay, params.label_smoothing = args.weight_decay, args.label_smoothing
         if args.stage == "frozen":
             params.weights, params.feature_cache = args.weights, args.feature_cache
+            if args.tune_result:
+                from tlpipe.components.common import tune_result
+
+                params = params.tuned(tune_result.read(args.tune_result)["train_params"])
             result = core.train_frozen(args.examples, args.out, params, **kwargs)
         else:
             result = core.train_scratch(args.examples, args.out, params, **kwargs)
@@ -83,7 +92,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _architecture(frozen)
     frozen.add_argument("--weights", default=TrainParams.weights,
                         help="imagenet | local path | s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras")
-    frozen.add_argument("--feature-cache", default=TrainParams.feature_cache, help="off | on | augmented:K")
+    frozen.add_argument("--feature-cache", default=TrainParams.feature_cache, help="off | on | flips | augmented:K")
+    frozen.add_argument("--tune-result", default=None,
+                        help="a `tune_result` folder (`tlpipe tune --out`): train with its train_params instead of "
+                             "the epochs, learning rate, head, regularisation, augment and feature cache given here")
 
     ft = stages.add_parser("finetune", help="unfreeze the last layers of a frozen-stage model and continue")
     _common(ft)
