@@ -9,13 +9,16 @@
 #   manifests/quickstart.sh down     stop the port-forwards and delete the cluster
 #
 # Settings (environment): CLUSTER=kind|minikube (kind), NAME (tlpipe), IMAGE_PREFIX (tlpipe), IMAGE_TAG (the
-# project version), SKIP_BUILD=1 (images already loaded), KFP_PORT (8080), MLFLOW_PORT (5000), S3_PORT (8333).
+# project version), SKIP_BUILD=1 (images already loaded), KFP_PORT (8080), MLFLOW_PORT (5000), S3_PORT (8333),
+# WITH_KSERVE=1 (also cert-manager + KServe in RawDeployment mode, no Knative, and tlpipe's serving runtime).
 # Needs: kind or minikube, kubectl, helm 3, and docker or podman (for docker/build.sh).
 set -euo pipefail
 
 # Pinned upstream releases (installed by version from upstream, not copied here).
 KFP_VERSION=2.17.3               # KFP backend matching the lock's kfp-server-api==2.17.3 (SDK kfp==2.17.0)
 SPARK_OPERATOR_VERSION=2.4.0     # Helm chart + operator; its CRD is what kubeflow-spark-api==2.4.0 models
+KSERVE_VERSION=0.21.0            # KServe controller + CRDs (RawDeployment); the kserve==0.21.0 SDK models them
+CERT_MANAGER_VERSION=1.16.2      # KServe's webhooks need cert-manager
 KFP_REMOTE=github.com/kubeflow/pipelines/manifests/kustomize
 SPARK_OPERATOR_REPO=https://kubeflow.github.io/spark-operator
 
@@ -120,6 +123,25 @@ YAML
   kubectl -n "$NS" rollout status deployment/mlflow --timeout=600s
 }
 
+# Optional: KServe in RawDeployment mode (plain Deployments + Services, no Knative, no Istio), then the serving
+# runtime of tlpipe's registered model and the S3 endpoint of the predictors' credentials.
+install_kserve() {
+  say "cert-manager $CERT_MANAGER_VERSION, KServe $KSERVE_VERSION (RawDeployment), runtime tlpipe-mlflow"
+  helm upgrade --install cert-manager cert-manager --repo https://charts.jetstack.io \
+    --version "v$CERT_MANAGER_VERSION" --namespace cert-manager --create-namespace \
+    --set crds.enabled=true --wait --timeout 10m
+  helm upgrade --install kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version "v$KSERVE_VERSION" \
+    --namespace kserve --create-namespace --wait
+  helm upgrade --install kserve oci://ghcr.io/kserve/charts/kserve --version "v$KSERVE_VERSION" \
+    --namespace kserve --set kserve.controller.deploymentMode=RawDeployment --wait --timeout 10m
+  # KServe's storage initializer reads the S3 keys from the predictor account's Secret, the endpoint from these.
+  kubectl -n "$NS" annotate secret tlpipe-credentials --overwrite \
+    "serving.kserve.io/s3-endpoint=${S3_IN_CLUSTER#http://}" serving.kserve.io/s3-usehttps=0 \
+    serving.kserve.io/s3-region=us-east-1
+  kubectl kustomize manifests/kserve | sed "s|image: tlpipe/train:.*|image: $IMAGE_PREFIX/train:$IMAGE_TAG|" \
+    | kubectl apply -f -
+}
+
 start_forwards() {
   say "port-forwards (logs in $STATE/)"
   stop_forwards
@@ -159,6 +181,8 @@ Next:
       -p data_uri=s3://tlpipe/datasets/fish -p spark_backend=k8s -p image_size=96 -p epochs=2 \\
       -p preprocess_cpu=1 -p preprocess_memory=2G -p train_cpu=2 -p train_memory=4G
   manifests/quickstart.sh smoke                   # optional: a SparkApplication on the tlpipe/spark image
+  .venv/bin/tlpipe deploy                         # with WITH_KSERVE=1: serve the champion (InferenceService)
+  manifests/kserve/sample-request.sh IMAGE.jpg    # ask it for a label
   manifests/quickstart.sh down                    # delete everything
 TEXT
 }
@@ -177,6 +201,7 @@ up() {
   install_spark_operator
   create_secrets
   apply_tlpipe
+  if [[ ${WITH_KSERVE:-0} == 1 ]]; then install_kserve; fi
   start_forwards
   print_next
 }

@@ -48,9 +48,9 @@ def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
 
 def test_the_quickstart_applies_exactly_these_kustomizations():
     script = (MANIFESTS / "quickstart.sh").read_text()
-    assert {d.name for d in KUSTOMIZATIONS} == {"tlpipe", "spark-smoke"}
+    assert {d.name for d in KUSTOMIZATIONS} == {"tlpipe", "spark-smoke", "kserve"}
     for name in ("manifests/tlpipe", "manifests/spark-smoke", "manifests/spark-operator/values.yaml",
-                 "manifests/kind/cluster.yaml"):
+                 "manifests/kind/cluster.yaml", "manifests/kserve"):
         assert name in script, name
     assert re.search(r"^KFP_VERSION=\d+\.\d+\.\d+\s", script, re.M), "KFP pinned to a release"
     assert re.search(r"^SPARK_OPERATOR_VERSION=\d+\.\d+\.\d+\s", script, re.M), "Spark operator pinned"
@@ -59,7 +59,7 @@ def test_the_quickstart_applies_exactly_these_kustomizations():
 @pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: p.name)
 def test_builtin_kinds_validate_strictly(directory, rendered):
     docs = rendered[directory.name]
-    builtin = [d for d in docs if "sparkoperator.k8s.io" not in d["apiVersion"]]
+    builtin = [d for d in docs if d["apiVersion"].split("/")[0] not in ("sparkoperator.k8s.io", "serving.kserve.io")]
     for doc in builtin:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
     for doc in docs:
@@ -111,6 +111,13 @@ def test_rbac_is_least_privilege(rendered):
     assert bindings["kfp-pipeline-runner-sparkapplications"]["subjects"] == [
         {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
 
+    assert roles["inferenceservice-deployer"]["rules"] == [
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]}]
+    assert bindings["kfp-pipeline-runner-inferenceservices"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": "kubeflow"}]
+
     driver_rules = roles["spark-driver"]["rules"]
     assert all(r["apiGroups"] == [""] for r in driver_rules)
     assert {res for r in driver_rules for res in r["resources"]} == {"pods", "services", "configmaps"}
@@ -151,7 +158,42 @@ def test_kind_cluster_pins_its_node_image():
     assert re.fullmatch(rf"kindest/node:v{K8S_VERSION}@sha256:[0-9a-f]{{64}}", node["image"])
 
 
-@pytest.mark.parametrize("script", ["manifests/quickstart.sh", "docker/build.sh", "docker/images-check.sh",
+def test_serving_runtime_matches_the_kserve_api_and_the_deploy_step(rendered):
+    from tlpipe.components.deploy import inference_service as isvc
+    from tlpipe.components.deploy.params import DeployParams
+
+    (runtime,) = rendered["kserve"]
+    assert runtime["kind"] == "ServingRuntime" and runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
+    assert isvc.model_errors("V1alpha1ServingRuntime", runtime) == []
+    broken = yaml.safe_load(yaml.safe_dump(runtime))
+    broken["spec"]["containers"][0]["readinesProbe"] = {}
+    assert isvc.model_errors("V1alpha1ServingRuntime", broken) == [
+        "spec.containers[0].readinesProbe: unknown field of V1Container"]
+    assert runtime["metadata"]["name"] == DeployParams.runtime
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == [isvc.MODEL_FORMAT]
+    (container,) = runtime["spec"]["containers"]
+    assert container["image"] == "tlpipe/train:0.1.0"  # the image with TensorFlow, Keras, mlflow and tlpipe
+    assert container["command"] + container["args"][:2] == ["mlflow", "models", "serve", "-m", "/mnt/models"]
+    mlflow = (REPO / "requirements.lock").read_text().split("\nmlflow==")[1].split(".")[0]
+    assert runtime["spec"]["supportedModelFormats"][0]["version"] == mlflow
+
+    accounts = by_kind(rendered["tlpipe"], "ServiceAccount")
+    assert accounts[DeployParams.service_account]["secrets"] == [{"name": CREDENTIALS_SECRET}]
+    assert accounts[DeployParams.service_account]["automountServiceAccountToken"] is False
+
+
+def test_quickstart_pins_kserve_to_the_sdk_and_points_predictors_at_s3():
+    from importlib.metadata import version
+
+    script = (MANIFESTS / "quickstart.sh").read_text()
+    assert re.search(rf"^KSERVE_VERSION={re.escape(version('kserve'))}\s", script, re.M)
+    assert re.search(r"^CERT_MANAGER_VERSION=\d+\.\d+\.\d+\s", script, re.M)
+    assert "kserve.controller.deploymentMode=RawDeployment" in script
+    assert not re.search(r"(helm|kubectl)[^\n]*knative", script, re.I), "no Knative is installed"
+    assert f"annotate secret {CREDENTIALS_SECRET}" in script and "serving.kserve.io/s3-endpoint=" in script
+
+
+@pytest.mark.parametrize("script", ["manifests/quickstart.sh", "manifests/kserve/sample-request.sh", "docker/build.sh", "docker/images-check.sh",
                                     "docker/spark/entrypoint.sh"])
 def test_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(REPO / script)], capture_output=True).returncode == 0

@@ -23,9 +23,12 @@ COMMAND_MODULES = (
     "tlpipe.cli.weights",
     "tlpipe.cli.ingest",
     "tlpipe.cli.models",
+    "tlpipe.cli.deploy",
     "tlpipe.cli.preprocess",
     "tlpipe.cli.train",
     "tlpipe.cli.tune",
+    "tlpipe.cli.predict",
+    "tlpipe.cli.serve",
 )
 USER_ERROR = 2
 # Library errors that are the user's to fix, by "module.Class"; checked only when that module is loaded.

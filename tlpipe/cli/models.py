@@ -83,8 +83,18 @@ def promote(args: argparse.Namespace) -> int:
     """Point `champion` at a version by hand (recorded in the champion history, so rollback undoes it)."""
     from tlpipe.components.register import registry
 
-    previous = registry.promote(_client(), args.name, args.version, timeout=_lock_timeout(args))
-    print(f"{args.name}: champion {('v' + previous) if previous else '(none)'} -> v{args.version}")
+    client = _client()
+    if not args.kserve:
+        previous = registry.promote(client, args.name, args.version, timeout=_lock_timeout(args))
+    else:
+        with registry.locked(client, args.name, f"promote version {args.version}", timeout=_lock_timeout(args)):
+            with registry.registry_errors("check the version", args.name):
+                client.get_model_version(args.name, args.version)
+            previous = registry.alias_version(client, args.name, registry.CHAMPION)
+            _with_traffic(args, client, args.version, previous,
+                          lambda: registry.move_champion(client, args.name, args.version))
+    print(f"{args.name}: champion {('v' + previous) if previous else '(none)'} -> v{args.version}"
+          + (f"; {args.kserve} serves v{args.version}" if args.kserve else ""))
     return 0
 
 
@@ -92,9 +102,40 @@ def rollback(args: argparse.Namespace) -> int:
     """Move `champion` back to the version that held it before."""
     from tlpipe.components.register import registry
 
-    current, target = registry.rollback(_client(), args.name, timeout=_lock_timeout(args))
-    print(f"{args.name}: champion v{current} -> v{target} (rolled back)")
+    client = _client()
+    if not args.kserve:
+        current, target = registry.rollback(client, args.name, timeout=_lock_timeout(args))
+    else:
+        with registry.locked(client, args.name, "rollback", timeout=_lock_timeout(args)):
+            current = registry.alias_version(client, args.name, registry.CHAMPION)
+            earlier = [v for v in registry.champion_history(client, args.name) if v != current]
+            if current is None or not earlier:  # let the registry say why there is nothing to roll back to
+                registry._rollback(client, args.name)
+            target = earlier[-1]
+            _with_traffic(args, client, target, current, lambda: registry._rollback(client, args.name))
+    print(f"{args.name}: champion v{current} -> v{target} (rolled back)"
+          + (f"; {args.kserve} serves v{target}" if args.kserve else ""))
     return 0
+
+
+def _with_traffic(args: argparse.Namespace, client, version: str, previous: str | None, move_alias) -> None:
+    """Serve `version` from the InferenceService, then move the alias (both under the registry lock).
+
+    The service moves first and must become Ready: if it does not, its previous spec is restored and the alias
+    stays. If the alias then cannot move, the service is moved back to `previous`. Either way they agree.
+    """
+    from tlpipe.components.deploy import core
+
+    namespace, _, service = args.kserve.partition("/")
+    if not namespace or not service:
+        raise ValueError(f"--kserve must be NAMESPACE/NAME, got {args.kserve!r}")
+    core.move_traffic(namespace, service, args.name, version, client)
+    try:
+        move_alias()
+    except BaseException:
+        if previous:
+            core.move_traffic(namespace, service, args.name, previous, client)
+        raise
 
 
 def _guarded(handler):
@@ -114,6 +155,13 @@ def _guarded(handler):
 
 
 def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    from tlpipe.cli.deploy import KSERVE_ENV
+
+    parser.add_argument("--kserve", metavar="NAMESPACE/NAME", default=os.environ.get(KSERVE_ENV, ""),
+                        help=f"also move the traffic of this InferenceService (made by `tlpipe deploy`), the "
+                             f"service first, then the alias (default: ${KSERVE_ENV})")
     parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                         help="how long to wait for a concurrent promote, rollback or register of the "
                              "model to finish (default: registry.LOCK_TIMEOUT_S, 10 minutes)")
