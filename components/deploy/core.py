@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tlpipe.components.common import mlflow_utils
+from tlpipe.components.common import kube, mlflow_utils
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.deploy import inference_service as isvc
 from tlpipe.components.deploy import k8s
@@ -65,7 +65,7 @@ def deploy(registered_model_name: str, params: DeployParams, api_client=None, ml
 
         mlflow_utils.connect()
         mlflow_client = MlflowClient()
-    api_client = api_client or k8s.api_client()
+    api_client = api_client or kube.api_client()
     want = target(mlflow_client, registered_model_name, params)
     current = k8s.read(api_client, params.namespace, params.inference_service)
     status = {}
@@ -87,7 +87,7 @@ def move_traffic(namespace: str, name: str, registered_model_name: str, version:
     Keeps the service's runtime, account and mode; returns what it served before (champion, canary).
     Raises DeployError (with the previous spec restored) when the new predictor does not become Ready.
     """
-    api_client = api_client or k8s.api_client()
+    api_client = api_client or kube.api_client()
     current = k8s.read(api_client, namespace, name)
     if current is None:
         raise ValueError(f"InferenceService {namespace}/{name} does not exist: run `tlpipe deploy` first")

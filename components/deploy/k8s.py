@@ -26,16 +26,6 @@ class DeployTimeoutError(DeployError):
     """The InferenceService did not become Ready within the timeout."""
 
 
-def api_client():
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
 def read(api_client, namespace: str, name: str) -> dict | None:
     """The InferenceService, or None when there is none."""
     from kubernetes import client

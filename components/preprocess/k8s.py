@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, fields
 
+from tlpipe.components.common import kube
 from tlpipe.components.common.log import get_logger
 from tlpipe.components.common.settings import CREDENTIALS_SECRET
 from tlpipe.components.preprocess import job, remote
@@ -128,16 +129,6 @@ def _dropped_fields(given, parsed, path="") -> list[str]:
     return []
 
 
-def _api_client():
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
-
-
 def _driver_log_tail(api_client, namespace: str, status: dict, lines: int = 40) -> str:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
@@ -184,7 +175,7 @@ def run_job(config: job.JobConfig, opts: K8sOptions, api_client=None) -> None:
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
-    api_client = api_client or _api_client()
+    api_client = api_client or kube.api_client()
     api = client.CustomObjectsApi(api_client)
     name = f"tlpipe-preprocess-{uuid.uuid4().hex[:8]}"
     body = build_application(name, config, opts)
