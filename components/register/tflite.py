@@ -22,11 +22,12 @@ def export(model, out_dir: str | Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for variant in VARIANTS:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        if variant == "dynamic_range":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
         paths[variant] = out_dir / f"model_{variant}.tflite"
-        with output_shown_on_failure(f"the TFLite {variant} conversion"):  # it prints every tensor it saves
+        # The converter prints every tensor it saves, and loading it prints TensorFlow's C++ banners.
+        with output_shown_on_failure(f"the TFLite {variant} conversion"):
+            converter = tf.lite.TFLiteConverter.from_keras_model(model)
+            if variant == "dynamic_range":
+                converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
             flatbuffer = converter.convert()
         paths[variant].write_bytes(flatbuffer)
         log.info("TFLite %s: %s (%.1f KiB)", variant, paths[variant], paths[variant].stat().st_size / 1024)

@@ -10,7 +10,8 @@ import pytest
 
 from tests.deploy.test_kserve import BAD_URI, kube  # noqa: F401  (kube: the fixture)
 from tlpipe.cli.main import main
-from tlpipe.components.deploy import core, k8s
+from tlpipe.components.common import kube as kube_client
+from tlpipe.components.deploy import core
 from tlpipe.components.deploy import inference_service as isvc
 from tlpipe.components.deploy.params import DeployParams
 
@@ -37,7 +38,7 @@ def deployed(stack, kube, monkeypatch):  # noqa: F811
         client.create_model_version(name, source=source(v), await_creation_for=0)
     registry.promote(client, name, "1")
     server, api_client = kube()
-    monkeypatch.setattr(k8s, "api_client", lambda: api_client)
+    monkeypatch.setattr(kube_client, "api_client", lambda: api_client)
     monkeypatch.setattr(core, "POLL_INTERVAL_S", 0.01)
     monkeypatch.setattr(core.move_traffic, "__defaults__", (None, 5, 0.01))  # quick polls, short timeout
     core.deploy(name, DeployParams(deploy="kserve", ready_timeout_s=5), api_client, client, poll_interval_s=0.01)
