@@ -1,12 +1,16 @@
 """One logging format for every component, the CLI and the pipeline steps; third-party noise kept out.
 
 Importing this module (every step's core does, before TensorFlow is imported) turns TensorFlow's C++
-INFO/WARNING lines and MLflow's artifact progress bars off, unless TLPIPE_DEBUG=1 (or the variable is set).
+INFO/WARNING lines and MLflow's artifact progress bars off, and keeps the banner that TensorFlow's C++ library
+writes while it loads (before its logging is set up, so TF_CPP_MIN_LOG_LEVEL cannot hide it; e.g. "oneDNN custom
+operations are on") out of the output unless the import fails; TLPIPE_DEBUG=1 (or the variable set) keeps all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import sys
@@ -22,9 +26,26 @@ def debug_enabled() -> bool:
     return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-if not debug_enabled():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TensorFlow's C++ library loads
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Finds `tensorflow` once and runs its import inside `output_shown_on_failure`."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            self.loader, spec.loader = spec.loader, self
+        return spec
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__spec__.loader = module.__loader__ = self.loader  # as if imported the usual way
+        with output_shown_on_failure("import tensorflow"):
+            self.loader.exec_module(module)
+
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -70,6 +91,13 @@ def output_shown_on_failure(what: str) -> Iterator[None]:
         finally:
             os.close(saved[0])
             os.close(saved[1])
+
+
+if not debug_enabled():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # read once, when TensorFlow's C++ library loads
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def mask(secret: str | None) -> str:

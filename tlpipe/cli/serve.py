@@ -39,6 +39,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         help="which TFLite export --tflite uses")
     parser.add_argument("--host", default=params.HOST,
                         help="address to bind; anything but 127.0.0.1 exposes an unauthenticated endpoint")
-    parser.add_argument("--port", type=int, default=params.PORT)
+    parser.add_argument("--port", type=int, default=params.PORT, help="port to listen on")
     parser.add_argument("--top-k", type=int, default=params.TOP_K, help="classes shown per photo")
     parser.set_defaults(func=_run)
