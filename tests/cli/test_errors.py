@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import socket
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tlpipe.cli.main import main
+from tlpipe.cli.main import build_parser, main
 from tlpipe.components.common.settings import S3Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,6 +104,21 @@ def test_no_host_at_all_says_how_to_name_one(monkeypatch, capsys):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     assert main(["upload", GOLDEN]) == 2
     assert "pass --host URL" in one_error_line(capsys)
+
+
+def _options_whose_default_help_hides(parser, command="tlpipe"):
+    """(command, option) of every option with a default but no help text: argparse shows no default for them."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _options_whose_default_help_hides(sub, f"{command} {name}")
+        elif action.option_strings and action.default not in (None, False, True, argparse.SUPPRESS) \
+                and not action.help:
+            yield command, action.option_strings[-1]
+
+
+def test_every_option_with_a_default_shows_it_in_help():
+    assert list(_options_whose_default_help_hides(build_parser())) == []
 
 
 def test_help_shows_defaults_in_every_parser(capsys):

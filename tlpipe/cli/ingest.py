@@ -52,9 +52,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION.")
     p.add_argument("data_uri", help="s3://bucket/prefix holding one folder per class")
     p.add_argument("--out", required=True, help="local folder for the manifest artifact")
-    p.add_argument("--train-ratio", type=float, default=IngestParams.train_ratio)
-    p.add_argument("--val-ratio", type=float, default=IngestParams.val_ratio)
-    p.add_argument("--test-ratio", type=float, default=IngestParams.test_ratio)
+    p.add_argument("--train-ratio", type=float, default=IngestParams.train_ratio, help="share of the groups in train")
+    p.add_argument("--val-ratio", type=float, default=IngestParams.val_ratio, help="share of the groups in val")
+    p.add_argument("--test-ratio", type=float, default=IngestParams.test_ratio, help="share of the groups in test")
     p.add_argument("--dedupe", choices=DEDUPE_MODES, default=IngestParams.dedupe,
                    help="off: keep copies; exact: drop byte-identical copies; near: also group near-duplicates")
     p.add_argument("--near-duplicate-method", choices=NEAR_DUPLICATE_METHODS, default=IngestParams.near_duplicate_method,

@@ -18,13 +18,15 @@ def add_commands(subparsers) -> None:
     p.add_argument("--out", required=True, help="examples artifact directory (path or s3://)")
     p.add_argument("--image-size", type=int, default=PreprocessParams.image_size,
                    help="output side in pixels (default %(default)s)")
-    p.add_argument("--resize-mode", default=PreprocessParams.resize_mode, choices=RESIZE_MODES)
+    p.add_argument("--resize-mode", default=PreprocessParams.resize_mode, choices=RESIZE_MODES, help="how an image becomes a square")
     p.add_argument("--num-shards", type=int, default=PreprocessParams.num_shards,
                    help="total shards, 0 = automatic (~150 MB each)")
     p.add_argument("--max-bad-fraction", type=float, default=PreprocessParams.max_bad_fraction,
                    help="fail above this fraction of bad images")
-    p.add_argument("--jpeg-quality", type=int, default=PreprocessParams.jpeg_quality)
-    p.add_argument("--spark-backend", default=PreprocessParams.spark_backend, choices=BACKENDS)
+    p.add_argument("--jpeg-quality", type=int, default=PreprocessParams.jpeg_quality,
+                   help="JPEG quality of the stored examples")
+    p.add_argument("--spark-backend", default=PreprocessParams.spark_backend, choices=BACKENDS,
+                   help="where the Spark job runs")
     p.add_argument("--spark-master", default=PreprocessParams.spark_master,
                    help="Spark master of the local backend (default %(default)s)")
     p.add_argument("--spark-options", type=json.loads, default=PreprocessParams().spark_options,

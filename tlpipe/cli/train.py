@@ -12,7 +12,7 @@ from tlpipe.components.train.params import BACKBONES, MONITORS, TrainParams
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--examples", required=True, help="`examples` artifact folder (schema.json + TFRecords)")
     parser.add_argument("--out", required=True, help="output `model` folder (a checkpoint there is resumed)")
-    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
+    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size, help="images per batch")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="turn augmentation off")
     parser.add_argument("--early-stopping-patience", type=int, default=TrainParams.early_stopping_patience,
                         help="epochs without a val gain; 0: off")
@@ -20,7 +20,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="the val metric that picks the best epoch")
     parser.add_argument("--class-weights", dest="use_class_weights", action="store_true",
                         help="weight the loss by inverse class frequency")
-    parser.add_argument("--seed", type=int, default=TrainParams.seed)
+    parser.add_argument("--seed", type=int, default=TrainParams.seed, help="seed of the weights and the data order")
     parser.add_argument("--no-mlflow", dest="track", action="store_false",
                         help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
@@ -33,15 +33,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _epochs(parser: argparse.ArgumentParser) -> None:
     """--epochs and --learning-rate of the frozen and scratch stages."""
-    parser.add_argument("--epochs", type=int, default=TrainParams.epochs)
-    parser.add_argument("--learning-rate", type=float, default=TrainParams.learning_rate)
+    parser.add_argument("--epochs", type=int, default=TrainParams.epochs, help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("--learning-rate", type=float, default=TrainParams.learning_rate, help="Adam learning rate")
 
 
 def _architecture(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", default=TrainParams.backbone, choices=BACKBONES)
+    parser.add_argument("--backbone", default=TrainParams.backbone, choices=BACKBONES,
+                        help="keras.applications backbone")
     parser.add_argument("--alpha", type=float, default=TrainParams.alpha, help="MobileNetV2 width multiplier")
-    parser.add_argument("--dense-units", type=int, nargs="+", default=list(TrainParams.dense_units))
-    parser.add_argument("--dropouts", type=float, nargs="+", default=list(TrainParams.dropouts))
+    parser.add_argument("--dense-units", type=int, nargs="+", default=list(TrainParams.dense_units),
+                        help="units of the head's hidden Dense layers")
+    parser.add_argument("--dropouts", type=float, nargs="+", default=list(TrainParams.dropouts),
+                        help="dropout after each of them")
     parser.add_argument("--weight-decay", type=float, default=TrainParams.weight_decay,
                         help="AdamW decoupled weight decay; 0: Adam")
     parser.add_argument("--label-smoothing", type=float, default=TrainParams.label_smoothing,
@@ -100,9 +103,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ft = stages.add_parser("finetune", help="unfreeze the last layers of a frozen-stage model and continue")
     _common(ft)
     ft.add_argument("--frozen-model", required=True, help="model folder written by `tlpipe train frozen`")
-    ft.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs)
-    ft.add_argument("--finetune-learning-rate", type=float, default=TrainParams.finetune_learning_rate)
-    ft.add_argument("--unfreeze-layers", type=int, default=TrainParams.unfreeze_layers)
+    ft.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs, help="maximum fine-tuning epochs")
+    ft.add_argument("--finetune-learning-rate", type=float, default=TrainParams.finetune_learning_rate,
+                    help="Adam learning rate of fine-tuning")
+    ft.add_argument("--unfreeze-layers", type=int, default=TrainParams.unfreeze_layers,
+                    help="last backbone layers unfrozen (BatchNorm stays frozen)")
 
     scratch = stages.add_parser("scratch", help="the same architecture trained from random weights")
     _common(scratch)

@@ -29,24 +29,27 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--examples", required=True, help="`examples` artifact folder (schema.json + TFRecords)")
     parser.add_argument("--out", required=True, help="output folder: best_params.json, the study's plots and journal")
     parser.add_argument("--manifest", default=None, help="`manifest` folder: the images' groups (else one per image)")
-    parser.add_argument("--tune", default=TuneParams.tune, choices=TUNE_MODES)
+    parser.add_argument("--tune", default=TuneParams.tune, choices=TUNE_MODES,
+                        help="frozen: search the frozen stage; off: write the given parameters; all: not built yet")
     parser.add_argument("--trials", type=int, default=TuneParams.tune_trials, help="trials, all workers together")
     parser.add_argument("--timeout-s", type=float, default=TuneParams.tune_timeout_s, help="search budget; 0: none")
     parser.add_argument("--space", default=TuneParams.tune_space,
                         help='JSON replacing entries of the search space, e.g. \'{"feature_cache": "on"}\'')
     parser.add_argument("--folds", type=int, default=TuneParams.tune_folds, help="grouped k-fold CV folds")
-    parser.add_argument("--max-epochs", type=int, default=TuneParams.tune_max_epochs)
-    parser.add_argument("--patience", type=int, default=TuneParams.tune_patience)
+    parser.add_argument("--max-epochs", type=int, default=TuneParams.tune_max_epochs, help="epochs of a trial at most")
+    parser.add_argument("--patience", type=int, default=TuneParams.tune_patience,
+                        help="early-stopping patience of a trial (epochs)")
     parser.add_argument("--storage", default=TuneParams.tune_storage,
                         help="Optuna storage: an RDB URL (sqlite:///…, postgresql://…) or a journal file; "
                              "default: OUT/study.journal")
     parser.add_argument("--workers", type=int, default=TuneParams.tune_workers, help="processes sharing the study")
-    parser.add_argument("--backbone", default=TrainParams.backbone, choices=BACKBONES)
+    parser.add_argument("--backbone", default=TrainParams.backbone, choices=BACKBONES,
+                        help="keras.applications backbone")
     parser.add_argument("--alpha", type=float, default=TrainParams.alpha, help="MobileNetV2 width multiplier")
     parser.add_argument("--weights", default=TrainParams.weights,
                         help="imagenet | local path | s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras")
-    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size)
-    parser.add_argument("--seed", type=int, default=TrainParams.seed)
+    parser.add_argument("--batch-size", type=int, default=TrainParams.batch_size, help="images per batch")
+    parser.add_argument("--seed", type=int, default=TrainParams.seed, help="seed of the folds, the sampler and the trials")
     parser.add_argument("--no-mlflow", dest="track", action="store_false",
                         help="do not log to MLflow (else MLFLOW_TRACKING_URI must be set)")
     parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment")
