@@ -52,7 +52,7 @@ if [[ $family == base ]]; then
     --volume "$ca_bundle:/etc/ssl/host-ca.crt:ro" \
     -f docker/base/Dockerfile -t "$image" . >"$state/build.log" 2>&1 \
     || { tail -40 "$state/build.log"; exit 1; }
-  check=(python -c 'import os, tlpipe.components, tlpipe.pipelines, kfp; from tlpipe.pipelines import settings; print(f"uid {os.getuid()}: tlpipe.components, tlpipe.pipelines and kfp {kfp.__version__} import; families {settings.IMAGE_FAMILIES}")')
+  check=(python -c 'import os, tlpipe.components, tlpipe.pipelines, kfp; from tlpipe.pipelines import settings; from tlpipe.components.deploy import inference_service as i; i.validate(i.build("fish", i.Target("1", "s3://b/m"), i.DeployParams())); print(f"uid {os.getuid()}: tlpipe.components, tlpipe.pipelines and kfp {kfp.__version__} import, the kserve models validate; families {settings.IMAGE_FAMILIES}")')
 else
   step "docker/build.sh --engine buildah --tag images-check spark -> $image"
   printf '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n' \

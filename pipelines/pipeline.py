@@ -1,11 +1,12 @@
 """The KFP pipeline `transfer-learning-image-classifier` (docs/DESIGN.md "Flow", §7).
 
 validate-parameters -> listing-fingerprint -> ingest -> preprocess -> tune -> train_frozen -> finetune
-                                                                  \\-> train_scratch          -> evaluate -> register
+                                                                  \\-> train_scratch          -> evaluate -> register -> deploy
 
 validate-parameters checks every parameter first (tlpipe.pipelines.validation), so a bad value fails the run
 in seconds. A stage switched off (run_finetune / run_scratch_baseline false) still runs, as a task that only
 writes its placeholder `model`, so evaluate always receives three model artifacts: no dsl.If, no dsl.OneOf.
+Likewise the deploy task always runs; with deploy=off it returns at once without touching the cluster.
 Images come from one ImageSettings object; credentials from the Kubernetes Secret CREDENTIALS_SECRET
 (kfp-kubernetes use_secret_as_env), never from the YAML. The pipeline run id reaches the steps as $KFP_RUN_ID
 from the pod label `pipeline/runid`, not as a parameter, so that it does not defeat caching.
@@ -19,6 +20,8 @@ from kfp.dsl import HTML, Metrics
 
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
+from tlpipe.components.deploy.component import deploy_op
+from tlpipe.components.deploy.params import DeployParams
 from tlpipe.components.evaluate.component import evaluate_op
 from tlpipe.components.evaluate.params import EvaluateParams
 from tlpipe.components.ingest.component import ingest_op, listing_fingerprint_op
@@ -30,7 +33,7 @@ from tlpipe.components.register.params import RegisterParams
 from tlpipe.components.train.component import finetune_op, train_frozen_op, train_scratch_op, tune_op
 from tlpipe.components.train.params import TrainParams, TuneParams
 from tlpipe.pipelines import backends, validation
-from tlpipe.pipelines.settings import ImageSettings, ResourceSettings
+from tlpipe.pipelines.settings import DEPLOY_CPU, DEPLOY_MEMORY, ImageSettings, ResourceSettings
 
 PIPELINE_NAME = "transfer-learning-image-classifier"
 RUN_ID_LABEL = "metadata.labels['pipeline/runid']"
@@ -58,7 +61,8 @@ def validate_parameters_op(
     tune_trials: int, tune_timeout_s: float, tune_space: str, group_pattern: str, dedupe: str, near_duplicate_method: str,
     near_duplicate_similarity: float, allow_similar_class_names: bool, resize_mode: str, spark_backend: str,
     spark_options: dict, run_finetune: bool, run_scratch_baseline: bool, selection_metric: str, top_k: int,
-    registered_model_name: str, min_improvement: float, experiment: str,
+    registered_model_name: str, min_improvement: float, experiment: str, deploy: str, inference_service: str,
+    deploy_namespace: str, deployment_mode: str, canary_traffic_percent: int, ready_timeout_s: int,
 ):
     """Check every pipeline parameter before any work starts; a bad one fails here, named in one line.
 
@@ -98,6 +102,7 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     train_scratch = step(train_scratch_op, "train-scratch")
     evaluate = step(evaluate_op, "evaluate")
     register = step(register_op, "register")
+    deployer = step(deploy_op, "deploy")
 
     def connected(task, name: str, cache: bool = True, retries: int = 0):
         """Credentials from the Secret, run id from the pod label, display name, caching and retries."""
@@ -159,13 +164,20 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         registered_model_name: str = RegisterParams.registered_model_name,
         min_improvement: float = RegisterParams.min_improvement,
         experiment: str = DEFAULT_EXPERIMENT,
+        deploy: str = DeployParams.deploy,
+        inference_service: str = DeployParams.inference_service,
+        deploy_namespace: str = DeployParams.namespace,
+        deployment_mode: str = DeployParams.deployment_mode,
+        canary_traffic_percent: int = DeployParams.canary_traffic_percent,
+        ready_timeout_s: int = DeployParams.ready_timeout_s,
     ) -> PipelineOutputs:
-        """S3 images -> Spark preprocessing -> transfer learning -> evaluation -> MLflow registry.
+        """S3 images -> Spark preprocessing -> transfer learning -> evaluation -> MLflow registry -> KServe.
 
         Chooses the frozen stage's recipe (tune: Optuna, grouped cross-validation on train+val), trains a
         frozen-backbone model with it, fine-tunes it and trains a from-scratch baseline beside them on the
         same data, scores all three on the test split and registers the best as a model version, moving the
-        `champion` alias only when it beats the current champion.
+        `champion` alias only when it beats the current champion; with deploy=kserve, serves the champion
+        (the challenger as canary) from a KServe InferenceService.
 
         Args:
             data_uri: s3://bucket/prefix of the images, one folder per class under the prefix.
@@ -222,6 +234,16 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             registered_model_name: the MLflow registered model that gets the new version.
             min_improvement: how much the new model must beat the champion by to become champion.
             experiment: the MLflow experiment of the runs.
+            deploy: off (no serving; the deploy task does nothing) or kserve (create or patch a KServe
+                InferenceService serving the registry's champion and wait until it is Ready; components/deploy).
+            inference_service: the InferenceService's name (a DNS label).
+            deploy_namespace: the Kubernetes namespace of the InferenceService (a DNS label); manifests/tlpipe/rbac
+                lets the pipeline's account deploy in tlpipe.
+            deployment_mode: KServe's deployment mode: RawDeployment (a Deployment) or Serverless (Knative).
+            canary_traffic_percent: the challenger's share of the traffic, 0-99, while it is not the champion;
+                0: the champion only. Needs deployment_mode Serverless.
+            ready_timeout_s: seconds to wait for the InferenceService to become Ready; when it fails or times
+                out, the previous spec is put back and the task fails with the predictor's error.
 
         Returns:
             tune_choice (the tune step's choice in one line), best_stage, model_version, promoted and decision of the registry gate, the comparison metrics and
@@ -272,6 +294,12 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             best_model=evaluation.outputs["best_model"], examples=examples, manifest=manifest,
             registered_model_name=registered_model_name, min_improvement=min_improvement,
             experiment=experiment), "register", cache=False), resources.register_cpu, resources.register_memory)
+        # The cluster is outside the pipeline too: never from cache; deploy=off returns at once.
+        sized(connected(deployer(
+            model_version=registration.outputs["model_version"], registered_model_name=registered_model_name,
+            deploy=deploy, inference_service=inference_service, namespace=deploy_namespace,
+            deployment_mode=deployment_mode, canary_traffic_percent=canary_traffic_percent,
+            ready_timeout_s=ready_timeout_s), "deploy", cache=False), DEPLOY_CPU, DEPLOY_MEMORY)
         return PipelineOutputs(tune_choice=searched.outputs["Output"], best_stage=evaluation.outputs["best_stage"],
                        model_version=registration.outputs["model_version"],
                        promoted=registration.outputs["promoted"], decision=registration.outputs["decision"],

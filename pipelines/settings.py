@@ -17,6 +17,7 @@ STEP_IMAGE_FAMILY = {
     "validate-parameters": "base",
     "evaluate": "train",
     "register": "train",
+    "deploy": "base",  # mlflow, kubernetes and the kserve SDK's models (requirements-nodeps.txt) are in base-deps
 }
 IMAGE_FAMILIES = ("base", "spark", "train", "train-gpu")
 
@@ -65,6 +66,10 @@ def check_memory(flag: str, value: str) -> str:
     if not MEMORY_QUANTITY.match(value) or not int(re.match(r"[0-9]+", value).group()):
         raise ValueError(f"{flag} {value!r}: memory is a whole number with a unit above 0, e.g. 16Gi, 512Mi or 16G")
     return value
+
+
+# The deploy step only talks to the MLflow and Kubernetes APIs (about 220 MB resident): a fixed small size.
+DEPLOY_CPU, DEPLOY_MEMORY = "500m", "1Gi"
 
 
 @dataclass(frozen=True)

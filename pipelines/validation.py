@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
+from tlpipe.components.deploy.params import DeployParams
 from tlpipe.components.evaluate.params import EvaluateParams
 from tlpipe.components.ingest.params import IngestParams
 from tlpipe.components.preprocess.params import PreprocessParams, check_backend, check_resize_mode
@@ -59,6 +60,15 @@ def _evaluate(field: str):
 
 def _register(field: str):
     return lambda value, params: RegisterParams(**{field: value}).validate()
+
+
+def _deploy(field: str):
+    return lambda value, params: DeployParams(**{field: value}).validate()
+
+
+def _canary_traffic_percent(value, params) -> None:
+    """Checked even with deploy=off: the deploy task checks it then too, at the end of the run."""
+    DeployParams(canary_traffic_percent=value, deployment_mode=params["deployment_mode"]).validate()
 
 
 def _image_size(value, params) -> None:
@@ -152,6 +162,12 @@ PARAMETERS: dict[str, Parameter] = {
     "registered_model_name": Parameter(str, RegisterParams.registered_model_name, _name),
     "min_improvement": Parameter(float, RegisterParams.min_improvement, _register("min_improvement")),
     "experiment": Parameter(str, DEFAULT_EXPERIMENT, _name),
+    "deploy": Parameter(str, DeployParams.deploy, _deploy("deploy")),
+    "inference_service": Parameter(str, DeployParams.inference_service, _deploy("inference_service")),
+    "deploy_namespace": Parameter(str, DeployParams.namespace, _deploy("namespace")),
+    "deployment_mode": Parameter(str, DeployParams.deployment_mode, _deploy("deployment_mode")),
+    "canary_traffic_percent": Parameter(int, DeployParams.canary_traffic_percent, _canary_traffic_percent),
+    "ready_timeout_s": Parameter(int, DeployParams.ready_timeout_s, _deploy("ready_timeout_s")),
 }
 TYPE_NAMES = {int: "a whole number", float: "a number", bool: "true or false", str: "text", dict: "a JSON object"}
 
@@ -183,9 +199,9 @@ def validate_parameters(params: dict, check_files: bool = True) -> dict:
     """`params` (pipeline parameter -> value) checked against the schema; returns them coerced to their types.
 
     The parameters not given are checked at their defaults (alpha goes with backbone, feature_cache with
-    augment). `check_files`: also check that a local `weights` path exists (off inside
-    the pipeline, whose task may not see the files of the training image). Raises InvalidParameterError,
-    one line: `parameter NAME=VALUE: what is allowed`.
+    augment, canary_traffic_percent with deployment_mode). `check_files`: also check that a local `weights`
+    path exists (off inside the pipeline, whose task may not see the files of the training image). Raises
+    InvalidParameterError, one line: `parameter NAME=VALUE: what is allowed`.
     """
     unknown = sorted(set(params) - set(PARAMETERS))
     if unknown:

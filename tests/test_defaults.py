@@ -18,7 +18,11 @@ from tlpipe.components.common.mlflow_utils import DEFAULT_EXPERIMENT
 from tlpipe.pipelines.pipeline import pipeline_parameters
 from tlpipe.pipelines.validation import defaults as validation_defaults
 
-STEPS = ("ingest", "preprocess", "train", "evaluate", "register")
+STEPS = ("ingest", "preprocess", "train", "evaluate", "register", "deploy")
+# Pipeline parameters named otherwise than the step field they set (the pipeline and validation layers).
+PIPELINE_FIELDS = {"num_classes": "expected_num_classes", "deploy_namespace": "namespace"}
+# Options that share a step field's name but are another setting: the KFP client's user namespace.
+NOT_THE_FIELD = {("tlpipe run", "namespace"), ("tlpipe upload", "namespace")}
 
 
 def _normal(value):
@@ -84,17 +88,22 @@ def test_every_layer_agrees_with_the_owner():
     disagreements, checked = [], 0
     for layer, defaults in layers.items():
         for name, default in defaults.items():
-            if name == "experiment":
+            field = PIPELINE_FIELDS.get(name, name) if layer in ("pipeline", "validation") else name
+            if (layer, name) in NOT_THE_FIELD:
+                continue
+            if field == "experiment":
                 expected = {DEFAULT_EXPERIMENT}
-            elif name in owner_of:
-                expected = {repr(v) for v in owner_of[name].values()}
+            elif field in owner_of:
+                expected = {repr(v) for v in owner_of[field].values()}
                 default = repr(_normal(default))
             else:
                 continue
             checked += 1
             if default not in expected:
-                disagreements.append(f"{layer}: {name}={default} but the owner says {sorted(expected)}")
+                disagreements.append(f"{layer}: {name}={default} but the owner of {field} says {sorted(expected)}")
     assert not disagreements, "\n".join(disagreements)
+    assert set(PIPELINE_FIELDS) <= set(layers["pipeline"]) and set(PIPELINE_FIELDS.values()) <= set(owner_of)
+    assert all(name in layers[layer] for layer, name in NOT_THE_FIELD)  # neither list names what is gone
     assert checked > 60  # the comparison really ran over the shared parameters
 
 

@@ -1,4 +1,4 @@
-"""The `tune_result` artifact (docs/DESIGN.md §4a): its one owner. The tune step writes it; train-frozen and
+"""The `tune_result` artifact (docs/DESIGN.md §3a): its one owner. The tune step writes it; train-frozen and
 evaluate read it.
 
 A folder holding `best_params.json`: `tune` (off | frozen), `line` (one sentence: what was chosen and why),
@@ -33,7 +33,7 @@ def read(result_dir: str | os.PathLike) -> dict:
     path = Path(result_dir, BEST_FILE)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {result_dir} is not a `tune_result` artifact of the tune step "
-                                "(docs/DESIGN.md §4a)")
+                                "(docs/DESIGN.md §3a)")
     best = json.loads(path.read_text())
     if not isinstance(best.get("train_params"), dict):
         raise ValueError(f"{path} has no train_params: not a `tune_result` written by the tune step")

@@ -29,7 +29,7 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
         examples: the `examples` artifact (its train and val splits).
         manifest: the `manifest` artifact of ingest: the images' split groups, kept whole in every fold.
         tune_result: the output: best_params.json (`train_params`, the choice's `line`, CV accuracy, trial
-            counts) and the study's plots (docs/DESIGN.md §4a).
+            counts) and the study's plots (docs/DESIGN.md §3a).
         backbone: the keras.applications backbone: MobileNetV2, ResNet50 or EfficientNetB0.
         alpha: MobileNetV2 width multiplier (1.0 for the other backbones).
         weights: imagenet, a local path or an s3:// URI of a .weights.h5 (stock backbone) or a backbone .keras.

@@ -93,6 +93,10 @@ def test_dockerignore_sends_only_what_images_copy():
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert {"components", "pipelines", "tlpipe", "requirements.lock", "pyproject.toml", "docker"} <= allowed
     assert not allowed & {".venv", ".tlpipe", "tests", ".git"}
+    copied = {source.split("/")[0] for dockerfile in DOCKERFILES for line in dockerfile.read_text().splitlines()
+              if line.startswith("COPY ") and "--from" not in line
+              for source in line.split()[1:-1] if not source.startswith("--")}
+    assert copied - allowed == set(), "files the Dockerfiles COPY that .dockerignore leaves out of the context"
 
 
 def test_lock_subset_names_exist_in_the_lock():
@@ -114,6 +118,23 @@ def test_family_subset_is_dependency_closed(family):
     installed |= set(venv_tools())
     missing = {f"{name} -> {dep}" for name in installed for dep in requirements_of(name) - installed}
     assert not missing, f"{family}: packages whose dependencies the image would lack: {sorted(missing)}"
+
+
+def test_the_deploy_steps_image_has_what_it_imports():
+    """mlflow and the kubernetes client from the lock (their dependencies: the closure test above), the kserve
+    SDK from requirements-nodeps.txt, which base-deps installs; its models load nothing more."""
+    family = settings.STEP_IMAGE_FAMILY["deploy"]
+    assert {"mlflow", "kubernetes"} <= set(lock_names(lock_subset.subset(family, LOCK.read_text().splitlines())))
+    assert "kserve" in lock_names((REPO / "requirements-nodeps.txt").read_text().splitlines())
+    deps_stage = (DOCKER / "base" / "Dockerfile").read_text().split("FROM deps AS base")[0]
+    assert "pip install --no-cache-dir --no-deps -r /opt/tlpipe/lock/requirements-nodeps.txt" in deps_stage
+    code = ("import sys; import kubernetes.client, mlflow.tracking; before = set(sys.modules); "
+            "from tlpipe.components.deploy import inference_service as i; "
+            "i.validate(i.build('fish', i.Target('1', 's3://b/m'), i.DeployParams(deploy='kserve'))); "
+            "print(' '.join(sorted({m.split('.')[0] for m in set(sys.modules) - before})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["kserve", "tlpipe"]
 
 
 def test_family_subsets_hold_their_heavy_parts_only():

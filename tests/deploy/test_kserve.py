@@ -215,6 +215,21 @@ def test_off_touches_nothing(kube):
     assert server.requests == []
 
 
+def test_the_pipeline_task_with_deploy_off_returns_at_once():
+    """The pipeline's deploy task (the adapter, as KFP runs it) with the default deploy=off: empty outputs within
+    a second, without loading mlflow or the kubernetes client, so it reaches neither the registry nor a cluster."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from tlpipe.components.deploy.component import deploy_op; began = time.monotonic(); "
+            "outputs = deploy_op(model_version='3'); seconds = time.monotonic() - began; "
+            "print(tuple(outputs), seconds < 1, sorted(m for m in ('mlflow', 'kubernetes') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('', '', '') True []"
+    assert "deploy is off: no InferenceService" in out.stderr
+
+
 def test_champion_is_created_then_patched_when_a_new_champion_wins(kube):
     server, api_client = kube()
     result = core.deploy("fish", DeployParams(**FAST), api_client, Registry({"champion": "1", "challenger": "1"}),

@@ -9,13 +9,13 @@ from kfp.kubernetes.kubernetes_executor_config_pb2 import KubernetesExecutorConf
 
 from tlpipe.cli.main import main
 from tlpipe.components.common.settings import ALL_ENV_VARS, CREDENTIALS_SECRET
-from tlpipe.pipelines import backends
+from tlpipe.pipelines import backends, settings
 from tlpipe.pipelines.compiler import compile_pipeline, parameter_defaults, validate_pipeline_yaml
 from tlpipe.pipelines.pipeline import PIPELINE_NAME
 from tlpipe.pipelines.settings import STEP_IMAGE_FAMILY, ImageSettings, ResourceSettings
 
 STEPS = {"validate-parameters", "ingest", "preprocess", "tune", "train-frozen", "finetune", "train-scratch", "evaluate",
-         "register"}
+         "register", "deploy"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_parameters_keep_the_original_design_defaults(compiled):
                 "unfreeze_layers": 50, "finetune_learning_rate": 1e-5, "backbone": "MobileNetV2",
                 "weights": "imagenet", "early_stopping_monitor": "val_loss", "spark_backend": "local",
                 "registered_model_name": "fish-classifier",
-                "experiment": "fish-classification", "run_finetune": True, "run_scratch_baseline": True}
+                "experiment": "fish-classification", "run_finetune": True, "run_scratch_baseline": True,
+                "deploy": "off"}
     assert {k: defaults[k] for k in expected} == expected
 
 
@@ -113,6 +114,26 @@ def test_the_tune_step_feeds_the_frozen_stage_and_the_report(compiled):
     frozen = set(tasks["train-frozen-op"].inputs.parameters)
     assert not frozen & {"epochs", "learning_rate", "feature_cache", "augment"}  # the tune result says those
     assert {"weight_decay", "label_smoothing"} <= set(tasks["train-scratch-op"].inputs.parameters)
+
+
+def test_the_deploy_step_follows_register_with_the_deploy_parameters(compiled):
+    """deploy gets register's model_version and every deploy parameter (deploy_namespace as its namespace); like
+    register it is never served from cache and has no retries; it runs small, on the base image."""
+    path, spec, _ = compiled
+    task = spec.root.dag.tasks["deploy-op"]
+    source = task.inputs.parameters["model_version"].task_output_parameter
+    assert (source.producer_task, source.output_parameter_key) == ("register-op", "model_version")
+    assert {name: p.component_input_parameter for name, p in task.inputs.parameters.items()
+            if name != "model_version"} == {
+        "registered_model_name": "registered_model_name", "deploy": "deploy", "inference_service": "inference_service",
+        "namespace": "deploy_namespace", "deployment_mode": "deployment_mode",
+        "canary_traffic_percent": "canary_traffic_percent", "ready_timeout_s": "ready_timeout_s"}
+    assert task.task_info.name == "deploy" and "register-op" in task.dependent_tasks
+    assert not task.caching_options.enable_cache and not task.retry_policy.max_retry_count
+    container = next(yaml.safe_load_all(path.read_text()))["deploymentSpec"]["executors"]["exec-deploy-op"]["container"]
+    assert container["image"] == "registry.example.com/ml/base:1.2.3"
+    assert (container["resources"]["resourceCpuLimit"], container["resources"]["resourceMemoryLimit"]) == (
+        settings.DEPLOY_CPU, settings.DEPLOY_MEMORY)
 
 
 def test_gpu_compile_switches_train_steps(tmp_path):

@@ -55,6 +55,13 @@ BAD = [  # (parameter, value, what the one line must say)
     ("tune_space", '{"momentum": {"low": 0.8, "high": 0.99}}', "with keys among"),
     ("tune_space", '{"feature_cache": {"choices": ["on", "augmented:x"]}}', "feature_cache must be 'off', 'on'"),
     ("tune_space", '{"learning_rate": {"low": 0.1}}', "tune_space learning_rate: a range needs numbers low <= high"),
+    ("deploy", "seldon", "deploy must be one of ('off', 'kserve')"),
+    ("inference_service", "Fish_v2", "inference_service must be a DNS label"),
+    ("deploy_namespace", "-tlpipe", "namespace must be a DNS label"),
+    ("deployment_mode", "Knative", "deployment_mode must be one of ('RawDeployment', 'Serverless')"),
+    ("canary_traffic_percent", 10, "canary_traffic_percent 10 needs deployment_mode Serverless"),
+    ("canary_traffic_percent", 2.5, "must be a whole number"),
+    ("ready_timeout_s", 0, "ready_timeout_s must be > 0"),
 ]
 
 
@@ -74,6 +81,17 @@ def test_two_parameters_checked_together_name_the_one_to_change():
         validate_parameters({"feature_cache": "augmented:2", "augment": False})
     with pytest.raises(InvalidParameterError, match=r"^unknown pipeline parameter 'epoch'; known: data_uri, "):
         validate_parameters({"epoch": 3})
+
+
+def test_a_canary_needs_serverless_even_before_any_work():
+    """KServe splits traffic only in Serverless mode: the canary is refused up front, naming it, with deploy
+    kserve and with deploy off (whose deploy task would refuse it at the end of the run); Serverless passes."""
+    for deploy in ("kserve", "off"):
+        with pytest.raises(InvalidParameterError, match=r"^parameter canary_traffic_percent=10: .*needs "
+                                                        r"deployment_mode Serverless"):
+            validate_parameters({"deploy": deploy, "canary_traffic_percent": 10, "deployment_mode": "RawDeployment"})
+    canary = {"deploy": "kserve", "canary_traffic_percent": "10", "deployment_mode": "Serverless"}
+    assert validate_parameters(canary) == {**canary, "canary_traffic_percent": 10}
 
 
 def test_good_values_come_back_typed(tmp_path):
@@ -104,7 +122,9 @@ def test_the_schema_is_the_pipelines_parameters():
     (["-p", "epochs=2", "-p", "backbone=VGG16"], "backbone='VGG16'"),
     (["-p", "data_uri=s3://b/p"], "-p data_uri"),
     (["-p", "epochs=2"], "--data"),  # good values, but --data names no folder
-], ids=["epochs=three", "backbone=VGG16", "data_uri", "no-such-data"])
+    (["-p", "deploy=kserve", "-p", "canary_traffic_percent=10", "-p", "deployment_mode=RawDeployment"],
+     "canary_traffic_percent=10"),
+], ids=["epochs=three", "backbone=VGG16", "data_uri", "no-such-data", "canary-in-RawDeployment"])
 def test_tlpipe_local_fails_in_seconds_without_starting_a_server(argv, named, monkeypatch, tmp_path, capsys):
     for name in ALL_ENV_VARS:  # as on a fresh machine: the embedded stack would be started
         monkeypatch.delenv(name, raising=False)
@@ -120,8 +140,9 @@ def test_tlpipe_local_fails_in_seconds_without_starting_a_server(argv, named, mo
     assert err.startswith("tlpipe: error: ") and named in err, err
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}, {"tune": "all"}],
-                         ids=["epochs=0", "backbone=VGG16", "tune=all"])
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}, {"tune": "all"},
+                                 {"canary_traffic_percent": 10}],  # with the default deployment_mode RawDeployment
+                         ids=["epochs=0", "backbone=VGG16", "tune=all", "canary=10"])
 def test_the_compiled_pipeline_stops_at_its_validation_task(bad, tmp_path, capfd):
     """As a run launched from the KFP dashboard: the compiled YAML fails in validate-parameters, in seconds."""
     package = compile_pipeline(tmp_path / "pipeline.yaml")
