@@ -57,6 +57,8 @@ def curves_figure(series: dict[str, dict[str, list[float]]]):
     if not series:
         return None
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(2, len(series), figsize=(4 * len(series), 6), squeeze=False, sharey="row",
                              layout="constrained")
     for col, (stage, values) in enumerate(series.items()):
@@ -66,6 +68,7 @@ def curves_figure(series: dict[str, dict[str, list[float]]]):
                 ax.plot(values["epoch"], values[f"{split}_{metric}"], marker="o", label=split)
             ax.set_title(f"{stage}: {metric}")
             ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs, not 1.5
             ax.legend()
     return fig
 

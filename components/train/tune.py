@@ -55,7 +55,7 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
     out.mkdir(parents=True, exist_ok=True)
     if params.tune == "off":
         given = chosen_params(train)
-        best = {"tune": "off", "train_params": given, "line": f"tune: off; train_frozen trains with {json.dumps(given)}"}
+        best = {"tune": "off", "train_params": given, "line": f"tune: off; train_frozen trains with {shown(given)}"}
         if track and mlflow_utils.in_pipeline(kfp_run_id):
             mlflow_utils.connect()
             mlflow_utils.log_to_parent(kfp_run_id, experiment, params=parent_params(params, train))
@@ -87,6 +87,17 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
     artifact.write(out, best)
     log.info("%s", best["line"])
     return best
+
+
+def shown(train_params: dict) -> str:
+    """The parameters for a person: `epochs 8, learning_rate 0.0032, dropouts [0.485, 0.485], …`."""
+    def value(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(v)
+    return ", ".join(f"{k} {value(v)}" for k, v in train_params.items())
 
 
 def chosen_params(p: TrainParams) -> dict:
@@ -364,7 +375,7 @@ def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
               "fold_accuracies": best.user_attrs["fold_accuracies"], "train_params": chosen_params(chosen),
               "trials": counts, "folds": len(best.user_attrs["fold_accuracies"]), "space": space, "plots": plots}
     result["line"] = (f"tune: trial {best.number} of {len(states)} ({counts['complete']} complete, "
-                      f"{counts['pruned']} pruned) chose {json.dumps(result['train_params'])}: grouped "
+                      f"{counts['pruned']} pruned) chose {shown(result['train_params'])}: grouped "
                       f"{result['folds']}-fold CV accuracy {best.value:.3f} on the train+val groups")
     return result
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from tlpipe.components.common import images
 from tlpipe.components.common import s3 as s3lib
+from tlpipe.components.common.log import output_shown_on_failure
 from tlpipe.serving import params
 
 REGISTRY_PREFIX = "models:/"
@@ -87,7 +88,10 @@ def _tflite_forward(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """A TFLite interpreter as a batch forward pass (resized to each batch; one call at a time)."""
     import tensorflow as tf
 
-    interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+    # Its constructor warns that tf.lite moves to LiteRT, and its first allocation prints an XNNPACK INFO line.
+    with output_shown_on_failure("loading the TFLite model"):
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count())
+        interpreter.allocate_tensors()
     inp, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
     lock, shape = threading.Lock(), [None]
 
@@ -127,8 +131,16 @@ def load(reference: str = params.DEFAULT_MODEL, tflite: str | None = None) -> Cl
     return _load_folder(Path(reference))
 
 
-def _load_registered(reference: str, tflite: str | None) -> Classifier:
+def _load_pyfunc(uri: str):
+    """The served python model (components/register/serving.py) behind an MLflow model URI or folder."""
     import mlflow
+
+    # MLflow warns each python model without type hints, on each load (under filters of its own).
+    with output_shown_on_failure(f"loading {uri}"):
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+
+
+def _load_registered(reference: str, tflite: str | None) -> Classifier:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -141,7 +153,7 @@ def _load_registered(reference: str, tflite: str | None) -> Classifier:
         mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
     except MlflowException as exc:
         raise ValueError(f"model {reference!r}: {exc.message}") from exc
-    served = mlflow.pyfunc.load_model(f"{REGISTRY_PREFIX}{name}/{mv.version}").unwrap_python_model()
+    served = _load_pyfunc(f"{REGISTRY_PREFIX}{name}/{mv.version}")
     info = ModelInfo(reference, name, str(mv.version), sorted(mv.aliases or []))
     forward = served.probabilities
     if tflite:
@@ -157,9 +169,7 @@ def _load_folder(folder: Path) -> Classifier:
         raise ValueError(f"model {str(folder)!r}: not a {REGISTRY_PREFIX} reference and no such folder")
     info = ModelInfo(str(folder), folder.resolve().name)
     if (folder / "MLmodel").is_file():
-        import mlflow
-
-        served = mlflow.pyfunc.load_model(str(folder)).unwrap_python_model()
+        served = _load_pyfunc(str(folder))
         return Classifier(served.classes, served.config, served.probabilities, info)
     try:
         model = model_artifact.load_model(folder)
