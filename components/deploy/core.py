@@ -81,13 +81,14 @@ def deploy(registered_model_name: str, params: DeployParams, api_client=None, ml
 
 def move_traffic(namespace: str, name: str, registered_model_name: str, version: str, mlflow_client,
                  api_client=None, timeout_s: float = DeployParams.ready_timeout_s,
-                 poll_interval_s: float = POLL_INTERVAL_S) -> tuple[str, str]:
+                 poll_interval_s: float | None = None) -> tuple[str, str]:
     """Serve `version` to all traffic of an existing InferenceService (promote, rollback); its canary ends.
 
     Keeps the service's runtime, account and mode; returns what it served before (champion, canary).
     Raises DeployError (with the previous spec restored) when the new predictor does not become Ready.
     """
     api_client = api_client or kube.api_client()
+    poll_interval_s = POLL_INTERVAL_S if poll_interval_s is None else poll_interval_s
     current = k8s.read(api_client, namespace, name)
     if current is None:
         raise ValueError(f"InferenceService {namespace}/{name} does not exist: run `tlpipe deploy` first")

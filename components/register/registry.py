@@ -255,10 +255,11 @@ def promote(client: MlflowClient, name: str, version: str, timeout: float = LOCK
 def rollback(client: MlflowClient, name: str, timeout: float = LOCK_TIMEOUT_S) -> tuple[str, str]:
     """Under the registry lock, give `champion` back to the previous champion; returns (from, to)."""
     with locked(client, name, "rollback", timeout=timeout):
-        return _rollback(client, name)
+        return move_champion_back(client, name)
 
 
-def _rollback(client: MlflowClient, name: str) -> tuple[str, str]:
+def _rollback_history(client: MlflowClient, name: str) -> tuple[str, list[str]]:
+    """(current champion, the history without it, ending in the champion before it), or a RegistryError."""
     current = alias_version(client, name, CHAMPION)
     if current is None:
         raise RegistryError(f"registered model {name!r} has no champion to roll back from")
@@ -268,8 +269,20 @@ def _rollback(client: MlflowClient, name: str) -> tuple[str, str]:
     if not history:
         raise RegistryError(f"registered model {name!r}: version {current} is the first recorded champion; "
                             f"there is no earlier champion to roll back to (use `tlpipe models promote`)")
-    target = history[-1]
+    return current, history
+
+
+def previous_champion(client: MlflowClient, name: str) -> tuple[str, str]:
+    """(current champion, the version a rollback would give `champion` to), or a RegistryError saying why there
+    is none. The caller holds `locked(client, name)`."""
+    current, history = _rollback_history(client, name)
+    return current, history[-1]
+
+
+def move_champion_back(client: MlflowClient, name: str) -> tuple[str, str]:
+    """Give `champion` back to the previous champion; returns (from, to). The caller holds `locked(client, name)`."""
+    current, history = _rollback_history(client, name)
     with registry_errors("record the champion history", name):
         client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
-    move_champion(client, name, target, record=False)
-    return current, target
+    move_champion(client, name, history[-1], record=False)
+    return current, history[-1]

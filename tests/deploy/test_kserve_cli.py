@@ -40,7 +40,6 @@ def deployed(stack, kube, monkeypatch):  # noqa: F811
     server, api_client = kube()
     monkeypatch.setattr(kube_client, "api_client", lambda: api_client)
     monkeypatch.setattr(core, "POLL_INTERVAL_S", 0.01)
-    monkeypatch.setattr(core.move_traffic, "__defaults__", (None, 5, 0.01))  # quick polls, short timeout
     core.deploy(name, DeployParams(deploy="kserve", ready_timeout_s=5), api_client, client, poll_interval_s=0.01)
     return client, name, server
 
@@ -57,16 +56,16 @@ def champion(client, name) -> str:
 def test_promote_and_rollback_move_the_service_with_the_alias(deployed, capsys):
     client, name, server = deployed
     assert served(server) == ("1", source(1))
-    assert main(["models", "promote", name, "2", "--kserve", SERVICE]) == 0
+    assert main(["models", "promote", name, "2", "--kserve", SERVICE, "--ready-timeout-s", "5"]) == 0
     assert champion(client, name) == "2" and served(server) == ("2", source(2))
     assert f"champion v1 -> v2; {SERVICE} serves v2" in capsys.readouterr().out
-    assert main(["models", "rollback", name, "--kserve", SERVICE]) == 0
+    assert main(["models", "rollback", name, "--kserve", SERVICE, "--ready-timeout-s", "5"]) == 0
     assert champion(client, name) == "1" and served(server) == ("1", source(1))
 
 
 def test_a_predictor_that_fails_leaves_both_on_the_old_champion(deployed, capsys):
     client, name, server = deployed
-    assert main(["models", "promote", name, "3", "--kserve", SERVICE]) == 2
+    assert main(["models", "promote", name, "3", "--kserve", SERVICE, "--ready-timeout-s", "5"]) == 2
     err = capsys.readouterr().err
     assert "tlpipe: error: InferenceService tlpipe/fish-classifier: the predictor failed: pod " in err
     assert "CrashLoopBackOff" in err
@@ -82,7 +81,7 @@ def test_an_alias_that_cannot_move_puts_the_service_back(deployed, monkeypatch, 
         raise registry.RegistryPermissionError("MLflow refused to set alias 'champion'")
 
     monkeypatch.setattr(registry, "move_champion", refuse)
-    assert main(["models", "promote", name, "2", "--kserve", SERVICE]) == 1
+    assert main(["models", "promote", name, "2", "--kserve", SERVICE, "--ready-timeout-s", "5"]) == 1
     assert "refused to set alias 'champion'" in capsys.readouterr().err
     assert champion(client, name) == "1" and served(server) == ("1", source(1))
     assert [isvc.served(b)[0] for m, _, b in server.requests if m == "PATCH"] == ["2", "1"]

@@ -107,12 +107,8 @@ def rollback(args: argparse.Namespace) -> int:
         current, target = registry.rollback(client, args.name, timeout=_lock_timeout(args))
     else:
         with registry.locked(client, args.name, "rollback", timeout=_lock_timeout(args)):
-            current = registry.alias_version(client, args.name, registry.CHAMPION)
-            earlier = [v for v in registry.champion_history(client, args.name) if v != current]
-            if current is None or not earlier:  # let the registry say why there is nothing to roll back to
-                registry._rollback(client, args.name)
-            target = earlier[-1]
-            _with_traffic(args, client, target, current, lambda: registry._rollback(client, args.name))
+            current, target = registry.previous_champion(client, args.name)
+            _with_traffic(args, client, target, current, lambda: registry.move_champion_back(client, args.name))
     print(f"{args.name}: champion v{current} -> v{target} (rolled back)"
           + (f"; {args.kserve} serves v{target}" if args.kserve else ""))
     return 0
@@ -129,12 +125,12 @@ def _with_traffic(args: argparse.Namespace, client, version: str, previous: str 
     namespace, _, service = args.kserve.partition("/")
     if not namespace or not service:
         raise ValueError(f"--kserve must be NAMESPACE/NAME, got {args.kserve!r}")
-    core.move_traffic(namespace, service, args.name, version, client)
+    core.move_traffic(namespace, service, args.name, version, client, timeout_s=args.ready_timeout_s)
     try:
         move_alias()
     except BaseException:
         if previous:
-            core.move_traffic(namespace, service, args.name, previous, client)
+            core.move_traffic(namespace, service, args.name, previous, client, timeout_s=args.ready_timeout_s)
         raise
 
 
@@ -154,14 +150,18 @@ def _guarded(handler):
     return run
 
 
-def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+def _alias_move_options(parser: argparse.ArgumentParser) -> None:
+    """--kserve, --ready-timeout-s and --lock-timeout of promote and rollback."""
     import os
 
     from tlpipe.cli.deploy import KSERVE_ENV
+    from tlpipe.components.deploy.params import DeployParams
 
     parser.add_argument("--kserve", metavar="NAMESPACE/NAME", default=os.environ.get(KSERVE_ENV, ""),
                         help=f"also move the traffic of this InferenceService (made by `tlpipe deploy`), the "
                              f"service first, then the alias (default: ${KSERVE_ENV})")
+    parser.add_argument("--ready-timeout-s", type=float, default=DeployParams.ready_timeout_s,
+                        help="with --kserve: seconds to wait for the service to become Ready")
     parser.add_argument("--lock-timeout", type=float, metavar="SECONDS",
                         help="how long to wait for a concurrent promote, rollback or register of the "
                              "model to finish (default: registry.LOCK_TIMEOUT_S, 10 minutes)")
@@ -192,10 +192,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = models.add_parser("promote", help="make a version the champion (the previous one is remembered)")
     p.add_argument("name", help=NAME_HELP)
     p.add_argument("version", help="version number to promote")
-    _lock_timeout_option(p)
+    _alias_move_options(p)
     p.set_defaults(func=_guarded(promote))
 
     p = models.add_parser("rollback", help="give the champion alias back to the previous champion")
     p.add_argument("name", help=NAME_HELP)
-    _lock_timeout_option(p)
+    _alias_move_options(p)
     p.set_defaults(func=_guarded(rollback))
