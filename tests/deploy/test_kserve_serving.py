@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from tlpipe.components.common import s3 as s3lib
 from tlpipe.components.common.synthetic import class_image
 from tlpipe.components.deploy import inference_service as isvc
 from tlpipe.components.deploy.params import DeployParams
+from tlpipe.stack.servers import stop_popen_group
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +94,4 @@ def test_the_serving_runtime_answers_a_class_name_from_the_storage_uri(model_fol
         (answer,) = response.json()["predictions"]
         assert answer["label"] in CLASSES and len(answer["top_k"]) == 3
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_popen_group(proc, grace=30)

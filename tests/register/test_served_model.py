@@ -11,7 +11,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from PIL import Image
 
 from tlpipe.components.common import images
 from tlpipe.components.common.synthetic import class_image
+from tlpipe.stack.servers import stop_popen_group
 
 KFP_UI = "http://127.0.0.1:8080/pipeline"
 STAGE = "scratch"  # evaluate's name of the train_scratch model
@@ -192,13 +192,7 @@ def server(served, tmp_path_factory):
             time.sleep(1)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_popen_group(proc, grace=30)
 
 
 def _invoke(url: str, data: bytes) -> requests.Response:

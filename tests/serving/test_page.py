@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +17,7 @@ import pytest
 import requests
 
 from tlpipe.serving import predict
+from tlpipe.stack.servers import stop_popen_group
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "examples" / "fish-egu2017-demo" / "images"
@@ -55,12 +54,7 @@ def server(demo_model, tmp_path_factory):
             time.sleep(0.5)
         yield url, predict.parse_reference(reference)[0], log_path
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_popen_group(proc, grace=20)
 
 
 def _infer(url: str, name: str, body) -> requests.Response:

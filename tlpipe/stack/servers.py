@@ -106,6 +106,18 @@ def _stop_group(pid: int, start_time: str, name: str, grace: float) -> None:
     _start_time(pid)  # reap it if it was our child
 
 
+def stop_popen_group(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM the process group that `proc` leads (started with start_new_session=True), wait up to `grace`
+    seconds, then SIGKILL it; `proc` is reaped either way."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _tail(path: Path, lines: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
