@@ -3,6 +3,7 @@
 The backbone features of every image are computed once, keyed by the image's sha256 (clean, mirrored and K
 augmented views); each split (ingest's `split_groups` over the videos, salt = split number) then reports test
 accuracy and wall time of:
+- `majority`: always the most frequent class of the split's train+val images (the floor);
 - `probe`: logistic regression on the clean train+val features (the frozen-feature ceiling of the issue);
 - `design`: the design's frozen stage on the cached features (head 512/256, dropout 0.5/0.3, Adam 1e-3,
   10 epochs, augmented:K views, best epoch by val loss, patience 3);
@@ -11,6 +12,8 @@ accuracy and wall time of:
 Fine-tuning (tune=all) and scratch are not part of it (they need the images, not the features).
 
     .venv/bin/python -m bench.tune --splits 12                      # MobileNetV2-0.35, 160 px, the shared weights
+    .venv/bin/python -m bench.tune --splits 12 --alpha 1.0 --image-size 224 \
+        --weights mobilenet_v2_imagenet.keras          # the original design's backbone (tlpipe weights import)
     .venv/bin/python -m bench.tune --splits 3 --trials 10 --image-size 96
 """
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
     videos = defaultdict(list)
     for i, s in enumerate(shas):
         videos[found[s]["video"]].append(i)
-    runs = defaultdict(list)
+    runs, splits = defaultdict(list), []
     work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
     for split in range(args.splits):
         assignment = split_groups({v: [classes[labels[i]] for i in idx] for v, idx in videos.items()},
@@ -156,8 +159,10 @@ def main(argv: list[str] | None = None) -> None:
         part = {name: np.array(sorted(i for v, idx in videos.items() if assignment[v] == name for i in idx))
                 for name in ("train", "val", "test")}
         val, test = (cache["clean"][part["val"]], labels[part["val"]]), (cache["clean"][part["test"]], labels[part["test"]])
-        t = time.perf_counter()
         pool = np.concatenate([part["train"], part["val"]])
+        majority = int(np.bincount(labels[pool]).argmax())
+        runs["majority"].append((float(np.mean(labels[part["test"]] == majority)), 0.0))
+        t = time.perf_counter()
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(cache["clean"][pool], labels[pool])
         runs["probe"].append((float(probe.score(*test)), time.perf_counter() - t))
         t = time.perf_counter()
@@ -180,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
                                                    "dropouts": tuple(chosen["train_params"]["dropouts"])})
         runs["tune_frozen"].append((fit_head(recipe, views_of(cache, recipe.feature_cache, part["train"]),
                                              labels[part["train"]], val, test), time.perf_counter() - t))
+        splits.append({"images": {name: len(idx) for name, idx in part.items()},
+                       "test_videos": sum(a == "test" for a in assignment.values()),
+                       "majority_class": classes[majority],
+                       "test_largest_class_share": float(np.bincount(labels[part["test"]]).max() / len(part["test"])),
+                       "tune_choice": chosen["train_params"],
+                       "tune_cv_accuracy": chosen["cv_accuracy"]})
         logging.info("split %d: %s; tune chose %s", split, {k: round(v[-1][0], 3) for k, v in runs.items()},
                      chosen["train_params"])
     rows = []
@@ -188,11 +199,12 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"method": method, "test_acc_mean": mean, "ci95_low": low, "ci95_high": high,
                      "min": min(a for a, _ in results), "max": max(a for a, _ in results),
                      "wall_s_mean": statistics.mean(s for _, s in results),
+                     "wall_s_total": sum(s for _, s in results),
                      "per_split": " ".join(f"{a:.3f}" for a, _ in results)})
     print_table(rows)
     print(f"features of {len(shas)} images ({1 + 1 + args.views} views) computed once in {extract_s:.0f}s")
     write_json(args.name, rows, settings=vars(args), extract_seconds=extract_s,
-               per_split={k: v for k, v in runs.items()})
+               per_split={k: [{"test_acc": a, "wall_s": s} for a, s in v] for k, v in runs.items()}, splits=splits)
 
 
 if __name__ == "__main__":

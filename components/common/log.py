@@ -81,6 +81,7 @@ def output_shown_on_failure(what: str) -> Iterator[None]:
             finally:
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
+                _unbind_handlers(python)
         except BaseException:
             kept.seek(0)
             text = kept.read().decode(errors="replace")
@@ -98,6 +99,16 @@ if not debug_enabled():
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "tensorflow" not in sys.modules:
         sys.meta_path.insert(0, _QuietTensorFlowImport())
+
+
+def _unbind_handlers(stream) -> None:
+    """Point logging handlers made inside the block (TensorFlow's logger binds sys.stderr on first use) back at
+    the real stderr, so that they do not write to the block's closed stream later."""
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for handler in (h for lg in loggers for h in lg.handlers):
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+            handler.stream = sys.stderr  # not setStream: it would flush the closed stream
 
 
 def mask(secret: str | None) -> str:
