@@ -215,17 +215,23 @@ def test_off_touches_nothing(kube):
     assert server.requests == []
 
 
-def test_the_pipeline_task_with_deploy_off_returns_at_once():
-    """The pipeline's deploy task (the adapter, as KFP runs it) with the default deploy=off: empty outputs within
-    a second, without loading mlflow or the kubernetes client, so it reaches neither the registry nor a cluster."""
+def _fresh_python(code: str):
+    """Run `code` in a new interpreter (nothing imported yet); its completed process, which must succeed."""
     import subprocess
     import sys
 
-    code = ("import sys, time; from tlpipe.components.deploy.component import deploy_op; began = time.monotonic(); "
-            "outputs = deploy_op(model_version='3'); seconds = time.monotonic() - began; "
-            "print(tuple(outputs), seconds < 1, sorted(m for m in ('mlflow', 'kubernetes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_the_pipeline_task_with_deploy_off_returns_at_once():
+    """The pipeline's deploy task (the adapter, as KFP runs it) with the default deploy=off: empty outputs within
+    a second, without loading mlflow or the kubernetes client, so it reaches neither the registry nor a cluster."""
+    out = _fresh_python("import sys, time; from tlpipe.components.deploy.component import deploy_op; "
+                        "began = time.monotonic(); outputs = deploy_op(model_version='3'); "
+                        "seconds = time.monotonic() - began; print(tuple(outputs), seconds < 1, "
+                        "sorted(m for m in ('mlflow', 'kubernetes') if m in sys.modules))")
     assert out.stdout.strip() == "('', '', '') True []"
     assert "deploy is off: no InferenceService" in out.stderr
 
@@ -312,12 +318,8 @@ def test_adapter_defaults_are_the_params_defaults():
 
 
 def test_the_sdk_models_load_without_the_kserve_server():
-    import subprocess
-    import sys
-
-    code = ("import sys; from tlpipe.components.deploy import inference_service as i; "
-            "i.validate(i.build('fish', i.Target('1', 's3://b/m'), i.DeployParams())); "
-            "print(sorted(m for m in ('grpc', 'fastapi', 'cloudevents', 'kserve.model_server') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = _fresh_python("import sys; from tlpipe.components.deploy import inference_service as i; "
+                        "i.validate(i.build('fish', i.Target('1', 's3://b/m'), i.DeployParams())); "
+                        "print(sorted(m for m in ('grpc', 'fastapi', 'cloudevents', 'kserve.model_server') "
+                        "if m in sys.modules))")
     assert out.stdout.strip() == "[]"
