@@ -58,7 +58,8 @@ def validate_parameters_op(
     unfreeze_layers: int, finetune_epochs: int, finetune_learning_rate: float, backbone: str, alpha: float,
     weights: str, augment: bool, feature_cache: str, weight_decay: float, label_smoothing: float,
     early_stopping_patience: int, early_stopping_monitor: str, use_class_weights: bool, seed: int, tune: str,
-    tune_trials: int, tune_timeout_s: float, tune_space: str, group_pattern: str, dedupe: str, near_duplicate_method: str,
+    tune_trials: int, tune_timeout_s: float, tune_space: str, tune_finetune_trials: int,
+    tune_finetune_timeout_s: float, group_pattern: str, dedupe: str, near_duplicate_method: str,
     near_duplicate_similarity: float, allow_similar_class_names: bool, resize_mode: str, spark_backend: str,
     spark_options: dict, run_finetune: bool, run_scratch_baseline: bool, selection_metric: str, top_k: int,
     registered_model_name: str, min_improvement: float, experiment: str, deploy: str, inference_service: str,
@@ -149,6 +150,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
         tune_trials: int = TuneParams.tune_trials,
         tune_timeout_s: float = TuneParams.tune_timeout_s,
         tune_space: str = TuneParams.tune_space,
+        tune_finetune_trials: int = TuneParams.tune_finetune_trials,
+        tune_finetune_timeout_s: float = TuneParams.tune_finetune_timeout_s,
         group_pattern: str = IngestParams.group_pattern,
         dedupe: str = IngestParams.dedupe,
         near_duplicate_method: str = IngestParams.near_duplicate_method,
@@ -173,8 +176,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
     ) -> PipelineOutputs:
         """S3 images -> Spark preprocessing -> transfer learning -> evaluation -> MLflow registry -> KServe.
 
-        Chooses the frozen stage's recipe (tune: Optuna, grouped cross-validation on train+val), trains a
-        frozen-backbone model with it, fine-tunes it and trains a from-scratch baseline beside them on the
+        Chooses the frozen stage's recipe (tune: Optuna, grouped cross-validation on train+val; with tune=all
+        the fine-tuning's too), trains a frozen-backbone model with it, fine-tunes it and trains a from-scratch baseline beside them on the
         same data, scores all three on the test split and registers the best as a model version, moving the
         `champion` alias only when it beats the current champion; with deploy=kserve, serves the champion
         (the challenger as canary) from a KServe InferenceService.
@@ -188,14 +191,16 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             epochs: epochs of the scratch stage, and of the frozen stage with tune=off (early stopping may end
                 them sooner; a search chooses the frozen stage's own).
             learning_rate: Adam learning rate of the scratch stage, and of the frozen stage with tune=off.
-            unfreeze_layers: how many of the backbone's last layers fine-tuning unfreezes (BatchNorm stays frozen).
-            finetune_epochs: epochs of the fine-tuning stage.
-            finetune_learning_rate: Adam learning rate of the fine-tuning stage.
+            unfreeze_layers: how many of the backbone's last layers fine-tuning unfreezes (BatchNorm stays frozen),
+                unless tune=all chose it.
+            finetune_epochs: epochs of the fine-tuning stage (with tune=all: of a fine-tuning trial at most; the
+                stage then trains the chosen trial's best epoch count).
+            finetune_learning_rate: Adam learning rate of the fine-tuning stage, unless tune=all chose it.
             backbone: MobileNetV2, ResNet50 or EfficientNetB0 (keras.applications).
             alpha: width multiplier of MobileNetV2 (must match the weights).
             weights: imagenet, or a path / s3:// URI of a .weights.h5 file or a backbone .keras file.
             augment: random rotation, shift, flip, zoom and shear of the training images (the frozen stage's
-                with tune=off).
+                with tune=off, the fine-tuning's unless tune=all chose).
             feature_cache: frozen stage on cached backbone features with tune=off: off, on, flips, or augmented:K
                 (K augmented views).
             weight_decay: AdamW decoupled weight decay of the scratch stage, and of the frozen stage with
@@ -206,12 +211,15 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             use_class_weights: weight the loss by inverse class frequency.
             seed: seed of the training stages and of the tune search (the split is fixed by the data, not by this).
             tune: frozen (search the frozen stage's head, dropout, learning rate, weight decay, label smoothing
-                and feature cache on cached train+val features; the test split is never read) or off (the frozen
-                stage trains with the values given here); all is not built yet.
-            tune_trials: trials of the search.
-            tune_timeout_s: wall-clock budget of the search in seconds; 0: none.
-            tune_space: JSON replacing entries of the search space (components/train/README.md), e.g.
-                {"feature_cache": "on"}; empty: the default space.
+                and feature cache on cached train+val features; the test split is never read), all (then also
+                the fine-tuning stage's unfrozen layers, learning rate, augmentation and epochs, on one grouped
+                fold of train+val; needs run_finetune) or off (the stages train with the values given here).
+            tune_trials: trials of the frozen search.
+            tune_timeout_s: wall-clock budget of the frozen search in seconds; 0: none.
+            tune_space: JSON replacing entries of the search spaces (components/train/README.md), e.g.
+                {"feature_cache": "on"} or {"unfreeze_layers": {"choices": [30, 60]}}; empty: the default spaces.
+            tune_finetune_trials: trials of the fine-tuning search (tune=all).
+            tune_finetune_timeout_s: wall-clock budget of the fine-tuning search in seconds (tune=all); 0: none.
             group_pattern: regex on the object key whose first group names a source (e.g. a video id): all its
                 images land in one split.
             dedupe: duplicate handling in ingest: off, exact (same bytes) or near (also near-duplicates, found
@@ -272,12 +280,15 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             manifest=manifest, backbone=backbone, alpha=alpha, weights=weights, epochs=epochs,
             learning_rate=learning_rate, augment=augment, feature_cache=feature_cache, weight_decay=weight_decay,
             label_smoothing=label_smoothing, tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s,
-            tune_space=tune_space, **common), "tune")
+            tune_space=tune_space, tune_finetune_trials=tune_finetune_trials,
+            tune_finetune_timeout_s=tune_finetune_timeout_s, finetune_epochs=finetune_epochs,
+            finetune_learning_rate=finetune_learning_rate, unfreeze_layers=unfreeze_layers, **common), "tune")
         frozen = trainer(train_frozen(
             tune_result=searched.outputs["tune_result"], backbone=backbone, alpha=alpha, weights=weights,
             **stopping, **common), "train-frozen")
         tuned = trainer(finetune(
-            frozen_model=frozen.outputs["model"], finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
+            frozen_model=frozen.outputs["model"], tune_result=searched.outputs["tune_result"],
+            finetune_epochs=finetune_epochs, unfreeze_layers=unfreeze_layers,
             finetune_learning_rate=finetune_learning_rate, augment=augment, enabled=run_finetune, **stopping,
             **common), "finetune")
         scratch = trainer(train_scratch(

@@ -50,6 +50,12 @@ def _tune(field: str):
     return lambda value, params: TuneParams(**{field: value}).validate()
 
 
+def _tune_mode(value, params) -> None:
+    TuneParams(tune=value).validate()
+    if value == "all" and not params["run_finetune"]:
+        raise ValueError("tune=all searches the fine-tuning stage: it needs run_finetune=true (or use tune=frozen)")
+
+
 def _tune_space(value, params) -> None:
     TuneParams(tune_space=value).space()
 
@@ -142,10 +148,12 @@ PARAMETERS: dict[str, Parameter] = {
     "early_stopping_monitor": Parameter(str, TrainParams.early_stopping_monitor, _train("early_stopping_monitor")),
     "use_class_weights": Parameter(bool, TrainParams.use_class_weights),
     "seed": Parameter(int, TrainParams.seed),
-    "tune": Parameter(str, TuneParams.tune, _tune("tune")),
+    "tune": Parameter(str, TuneParams.tune, _tune_mode),
     "tune_trials": Parameter(int, TuneParams.tune_trials, _tune("tune_trials")),
     "tune_timeout_s": Parameter(float, TuneParams.tune_timeout_s, _tune("tune_timeout_s")),
     "tune_space": Parameter(str, TuneParams.tune_space, _tune_space),
+    "tune_finetune_trials": Parameter(int, TuneParams.tune_finetune_trials, _tune("tune_finetune_trials")),
+    "tune_finetune_timeout_s": Parameter(float, TuneParams.tune_finetune_timeout_s, _tune("tune_finetune_timeout_s")),
     "group_pattern": Parameter(str, IngestParams.group_pattern, _ingest("group_pattern")),
     "dedupe": Parameter(str, IngestParams.dedupe, _ingest("dedupe")),
     "near_duplicate_method": Parameter(str, IngestParams.near_duplicate_method, _ingest("near_duplicate_method")),

@@ -4,8 +4,10 @@ evaluate read it.
 A folder holding `best_params.json`: `tune` (off | frozen), `line` (one sentence: what was chosen and why),
 `train_params` (what train_frozen trains with: with tune=off the given values), `seconds`; after a search also
 `cv_accuracy`, `best_trial`, `fold_accuracies`, `folds`, `trials` ({complete, pruned, fail}), `space`, `plots`
-(the PNG files of the study in the folder), `num_images`, `num_groups`, `extract_seconds`. A search also leaves
-its Optuna journal `study.journal` there (unless the study lives in an RDB).
+(the PNG files of the studies in the folder), `num_images`, `num_groups`, `extract_seconds`; after tune=all also
+`finetune_params` (what finetune trains with) and `finetune` (the fine-tune search: `val_accuracy`,
+`start_val_accuracy`, `best_trial`, `trials`, `space`, `fold_images`, `seconds`). A search also leaves its
+Optuna journal `study.journal` there (unless the studies live in an RDB).
 """
 
 from __future__ import annotations

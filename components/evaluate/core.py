@@ -237,7 +237,7 @@ def read_tune(tune_dir: str | Path | None) -> dict:
         return {}
     best = tune_result.read(tune_dir)
     figures = {f"tune:{name}": html_report.data_uri(png) for name, png in tune_result.plots(tune_dir, best).items()}
-    keep = ("tune", "line", "cv_accuracy", "train_params", "trials", "folds")
+    keep = ("tune", "line", "cv_accuracy", "train_params", "trials", "folds", "finetune_params", "finetune")
     return {**{k: best[k] for k in keep if k in best}, "figures": figures}
 
 

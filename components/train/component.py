@@ -16,14 +16,18 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
             epochs: int = 10, learning_rate: float = 1e-3, augment: bool = True, feature_cache: str = "off",
             weight_decay: float = 0.0, label_smoothing: float = 0.0, seed: int = 42, tune: str = "frozen",
             tune_trials: int = 20, tune_timeout_s: float = 90.0, tune_space: str = "",
+            tune_finetune_trials: int = 4, tune_finetune_timeout_s: float = 900.0, finetune_epochs: int = 10,
+            finetune_learning_rate: float = 1e-5, unfreeze_layers: int = 50,
             experiment: str = "fish-classification", kfp_run_id: str = "local",
             dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> str:  # noqa: B006 - KFP defaults
     """Choose the frozen stage's recipe (Optuna, grouped cross-validation on cached train+val features).
 
     tune=frozen searches head size, dropout, learning rate, weight decay, label smoothing and feature cache
-    (the test split is never read); tune=off passes the given values on. Either way train-frozen trains with
-    the `train_params` of the output, and the given values of what tune may choose are logged on the parent
-    MLflow run (the choice as `tune.<name>`, each trial as a nested run).
+    (the test split is never read); tune=all then searches the fine-tuning stage (unfrozen layers, learning
+    rate, augmentation, epochs) on one grouped fold of train+val; tune=off passes the given values on.
+    train-frozen trains with the `train_params` of the output, finetune with its `finetune_params` (tune=all),
+    and the given values of what tune may choose are logged on the parent MLflow run (the choice as
+    `tune.<name>`, each trial as a nested run).
 
     Args:
         examples: the `examples` artifact (its train and val splits).
@@ -41,10 +45,15 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
         weight_decay: train-frozen's AdamW weight decay with tune=off (0: Adam).
         label_smoothing: train-frozen's label smoothing with tune=off.
         seed: seed of the folds, the sampler and the trials.
-        tune: off or frozen (the frozen-stage search); all is not built yet.
-        tune_trials: trials of the study (finished, pruned or failed).
-        tune_timeout_s: wall-clock budget of the search in seconds; 0: none.
-        tune_space: JSON replacing entries of the search space, e.g. {"feature_cache": "on"}.
+        tune: off, frozen (the frozen-stage search) or all (and then the fine-tuning search).
+        tune_trials: trials of the frozen study (finished, pruned or failed).
+        tune_timeout_s: wall-clock budget of the frozen search in seconds; 0: none.
+        tune_space: JSON replacing entries of the search spaces, e.g. {"feature_cache": "on"}.
+        tune_finetune_trials: trials of the fine-tune study (tune=all).
+        tune_finetune_timeout_s: wall-clock budget of the fine-tune search in seconds; 0: none.
+        finetune_epochs: epochs of a fine-tune trial at most (tune=all).
+        finetune_learning_rate: finetune's learning rate as given (logged on the parent run with tune=all).
+        unfreeze_layers: finetune's unfrozen layers as given (logged on the parent run with tune=all).
         experiment: MLflow experiment of the pipeline's parent run.
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
         dense_units: units of the head's Dense layers with tune=off.
@@ -56,8 +65,11 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
     from tlpipe.components.train.params import TrainParams, TuneParams
     from tlpipe.components.train.tune import tune as search
 
-    params = TuneParams(tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s, tune_space=tune_space)
+    params = TuneParams(tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s, tune_space=tune_space,
+                        tune_finetune_trials=tune_finetune_trials, tune_finetune_timeout_s=tune_finetune_timeout_s)
     train = TrainParams(backbone=backbone, alpha=alpha, weights=weights, batch_size=batch_size, epochs=epochs,
+                        finetune_epochs=finetune_epochs, finetune_learning_rate=finetune_learning_rate,
+                        unfreeze_layers=unfreeze_layers,
                         learning_rate=learning_rate, augment=augment, feature_cache=feature_cache,
                         weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))
@@ -113,7 +125,8 @@ def train_frozen_op(examples: Input[Dataset], tune_result: Input[Artifact], mode
     return result.val_accuracy
 
 
-def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Output[Model], batch_size: int = 32,
+def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], tune_result: Input[Artifact],
+                model: Output[Model], batch_size: int = 32,
                 finetune_epochs: int = 10, unfreeze_layers: int = 50, finetune_learning_rate: float = 1e-5,
                 augment: bool = True, early_stopping_patience: int = 3, early_stopping_monitor: str = "val_loss",
                 use_class_weights: bool = False, seed: int = 42, experiment: str = "fish-classification",
@@ -121,17 +134,19 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
     """Fine-tune the frozen-stage model: unfreeze the backbone's last layers and continue at a low rate.
 
     BatchNormalization layers stay frozen. The model it starts from is an early-stopping candidate like any
-    epoch, so the result is never worse on val than the frozen-stage model.
+    epoch, so the result is never worse on val than the frozen-stage model. After tune=all, the epochs,
+    learning rate, unfrozen layers and augmentation are the `finetune_params` of `tune_result`.
 
     Args:
         examples: the `examples` artifact the frozen stage trained on (the same classes).
         frozen_model: the `model` artifact of train_frozen to start from.
+        tune_result: the tune step's output: its finetune_params (tune=all) replace the four values below.
         model: the output `model` artifact.
         batch_size: images per training batch.
-        finetune_epochs: fine-tuning epochs (at most, with early stopping).
-        unfreeze_layers: how many of the last non-BatchNorm backbone layers become trainable.
-        finetune_learning_rate: Adam learning rate of the fine-tuning.
-        augment: random rotation, shift, flip, zoom and shear of the training images.
+        finetune_epochs: fine-tuning epochs (at most, with early stopping), unless tune=all chose them.
+        unfreeze_layers: how many of the last non-BatchNorm backbone layers become trainable, unless tune=all chose.
+        finetune_learning_rate: Adam learning rate of the fine-tuning, unless tune=all chose it.
+        augment: random rotation, shift, flip, zoom and shear of the training images, unless tune=all chose.
         early_stopping_patience: epochs without a gain of the monitored val metric before stopping; 0: off.
         early_stopping_monitor: val_loss or val_accuracy: the val metric that picks the best epoch.
         use_class_weights: weight the loss by inverse class frequency.
@@ -149,6 +164,7 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
         model_artifact.write_skipped(model.path, "finetune", "run_finetune=False")
         model.metadata.update({"stage": "finetune", "skipped": True})
         return 0.0
+    from tlpipe.components.common import tune_result as tuned
     from tlpipe.components.train import core
     from tlpipe.components.train.checkpoint import checkpoint_uri_for
     from tlpipe.components.train.params import TrainParams
@@ -157,7 +173,8 @@ def finetune_op(examples: Input[Dataset], frozen_model: Input[Model], model: Out
                          finetune_learning_rate=finetune_learning_rate, augment=augment,
                          early_stopping_patience=early_stopping_patience,
                          early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
-                         seed=seed, unfreeze_layers=unfreeze_layers)
+                         seed=seed, unfreeze_layers=unfreeze_layers
+                         ).tuned(tuned.read(tune_result.path).get("finetune_params", {}))
     result = core.finetune(examples.path, frozen_model.path, model.path, params, experiment=experiment,
                            kfp_run_id=kfp_run_id, checkpoint_uri=checkpoint_uri_for(model.uri),
                            examples_uri=examples.uri)

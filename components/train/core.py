@@ -62,10 +62,11 @@ def train_scratch(examples_dir, out_dir, params: TrainParams | None = None, *, t
 
 def finetune(examples_dir, frozen_model_dir, out_dir, params: TrainParams | None = None, *, track: bool = True,
              experiment: str = DEFAULT_EXPERIMENT, kfp_run_id: str = "local",
-             checkpoint_uri: str | None = None, examples_uri: str | None = None) -> StageResult:
+             checkpoint_uri: str | None = None, examples_uri: str | None = None, on_epoch=None) -> StageResult:
     """Continue the frozen-stage model with its last `unfreeze_layers` non-BN backbone layers trainable.
 
-    It trains `finetune_epochs` epochs at `finetune_learning_rate`.
+    It trains `finetune_epochs` epochs at `finetune_learning_rate`. `on_epoch(row)` is called after each
+    epoch with its history row (the tune step's fine-tune trials report to Optuna and may stop the run there).
     """
     params = replace(params or TrainParams(), feature_cache="off")
     frozen_model_dir = Path(frozen_model_dir)
@@ -77,12 +78,12 @@ def finetune(examples_dir, frozen_model_dir, out_dir, params: TrainParams | None
     params = replace(params, extra={**params.extra, "frozen_model": str(frozen_model_dir)})
     return _run_stage("finetune", examples_dir, out_dir, params, track=track, experiment=experiment,
                       kfp_run_id=kfp_run_id, frozen_model_dir=frozen_model_dir, checkpoint_uri=checkpoint_uri,
-                      examples_uri=examples_uri)
+                      examples_uri=examples_uri, on_epoch=on_epoch)
 
 
 def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool, experiment: str,
                kfp_run_id: str, frozen_model_dir=None, checkpoint_uri: str | None = None,
-               examples_uri: str | None = None) -> StageResult:
+               examples_uri: str | None = None, on_epoch=None) -> StageResult:
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -109,7 +110,7 @@ def _run_stage(stage, examples_dir, out_dir, params: TrainParams, *, track: bool
             tracking.log_inputs(stage, params, examples_dir, examples_uri, kfp_run_id, experiment)
         if stage == "finetune" and state["best"] is None:
             _score_start(stage, trainer, inputs, checkpoint, state)
-        _epochs(stage, params, trainer, inputs, checkpoint, state, run is not None)
+        _epochs(stage, params, trainer, inputs, checkpoint, state, run is not None, on_epoch)
         checkpoint.load_best(trainer.fitted, state)
         monitor = params.early_stopping_monitor
         if state["best_epoch"] < 0:
@@ -151,7 +152,7 @@ def _score_start(stage: str, trainer: Trainer, inputs: StageData, checkpoint: Ch
 
 
 def _epochs(stage: str, p: TrainParams, trainer: Trainer, inputs: StageData, checkpoint: Checkpoint,
-            state: dict, track: bool) -> None:
+            state: dict, track: bool, on_epoch=None) -> None:
     """Train the remaining epochs; checkpoint after each; stop early on the monitored val metric.
 
     Val is scored after each epoch by `Trainer.validate` (scratch: with re-estimated BatchNorm statistics).
@@ -181,6 +182,8 @@ def _epochs(stage: str, p: TrainParams, trainer: Trainer, inputs: StageData, che
         state["epoch"] = epoch + 1
         state["stopped_early"] = 0 < p.early_stopping_patience <= state["wait"] and state["epoch"] < epochs
         checkpoint.save(trainer.fitted, state, improved)
+        if on_epoch is not None:
+            on_epoch(row)
         if state["stopped_early"]:
             log.info("early stopping after epoch %d: %s did not improve for %d epochs", epoch + 1,
                      p.early_stopping_monitor, state["wait"])

@@ -42,9 +42,11 @@ class TrainParams:
     label_smoothing: float = 0.0  # share of the target spread over all classes (train_frozen, train_scratch)
     extra: dict = field(default_factory=dict)
 
-    def tuned(self, train_params: dict) -> TrainParams:
-        """These parameters with the tune step's choice (`train_params` of its tune_result) in place."""
-        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in train_params.items()})
+    def tuned(self, chosen: dict) -> TrainParams:
+        """These parameters with the tune step's choice (`train_params` or `finetune_params` of its tune_result)
+        in place; `extra["tuned"]` names them (the tune step logs their pipeline values on the parent run)."""
+        return replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items()},
+                       extra={**self.extra, "tuned": sorted({*self.extra.get("tuned", ()), *chosen})})
 
     def stage_epochs(self, stage: str) -> int:
         return self.finetune_epochs if stage == "finetune" else self.epochs
@@ -102,16 +104,25 @@ DEFAULT_TUNE_SPACE = {
     "label_smoothing": {"low": 0.0, "high": 0.2},
     "feature_cache": {"choices": ["on", "flips", "augmented:4"]},
 }
+# The fine-tune search (tune=all): the finetune stage's unfrozen depth, learning rate and augmentation; its epochs
+# are the best epoch of the chosen trial (at most finetune_epochs).
+DEFAULT_FINETUNE_SPACE = {
+    "unfreeze_layers": {"choices": [20, 50, 100]},
+    "finetune_learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+    "augment": {"choices": [False, True]},
+}
 
 
 @dataclass
 class TuneParams:
     """The recipe search before training (tune.py): what it searches, for how long, where the study lives."""
 
-    tune: str = "frozen"  # off | frozen (the frozen-stage search on cached features) | all (not built yet)
-    tune_trials: int = 20  # trials of the study (all workers together)
-    tune_timeout_s: float = 90.0  # wall-clock budget of the search; 0: none
-    tune_space: str = ""  # JSON replacing entries of DEFAULT_TUNE_SPACE, e.g. {"feature_cache": "on"}
+    tune: str = "frozen"  # off | frozen (the frozen-stage search on cached features) | all (and then fine-tuning)
+    tune_trials: int = 20  # trials of the frozen study (all workers together)
+    tune_timeout_s: float = 90.0  # wall-clock budget of the frozen search; 0: none
+    tune_space: str = ""  # JSON replacing entries of DEFAULT_TUNE_SPACE / DEFAULT_FINETUNE_SPACE
+    tune_finetune_trials: int = 4  # trials of the fine-tune study (tune=all)
+    tune_finetune_timeout_s: float = 900.0  # wall-clock budget of the fine-tune search; 0: none
     tune_folds: int = 3  # grouped k-fold cross-validation over the train+val groups
     tune_max_epochs: int = 30  # per fold, with early stopping on the fold's val accuracy
     tune_patience: int = 5
@@ -122,30 +133,37 @@ class TuneParams:
         """A ValueError naming the parameter that is out of range."""
         if self.tune not in TUNE_MODES:
             raise ValueError(f"tune must be one of {TUNE_MODES}, got {self.tune!r}")
-        if self.tune == "all":
-            raise ValueError("tune='all' (the fine-tune search) is not built yet: use tune='frozen' or 'off'")
-        for name in ("tune_trials", "tune_max_epochs", "tune_workers"):
+        for name in ("tune_trials", "tune_finetune_trials", "tune_max_epochs", "tune_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tune_folds < 2:
             raise ValueError(f"tune_folds must be >= 2 (cross-validation), got {self.tune_folds}")
-        if self.tune_timeout_s < 0:
-            raise ValueError(f"tune_timeout_s must be >= 0, got {self.tune_timeout_s}")
+        for name in ("tune_timeout_s", "tune_finetune_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def space(self) -> dict:
-        """DEFAULT_TUNE_SPACE with the entries of `tune_space` (JSON) in place of the defaults."""
+        """DEFAULT_TUNE_SPACE (the frozen search) with the entries of `tune_space` (JSON) in place of the defaults."""
+        return {**DEFAULT_TUNE_SPACE, **{k: v for k, v in self._overrides().items() if k in DEFAULT_TUNE_SPACE}}
+
+    def finetune_space(self) -> dict:
+        """DEFAULT_FINETUNE_SPACE (the fine-tune search) with the entries of `tune_space` in place of the defaults."""
+        return {**DEFAULT_FINETUNE_SPACE,
+                **{k: v for k, v in self._overrides().items() if k in DEFAULT_FINETUNE_SPACE}}
+
+    def _overrides(self) -> dict:
         import json
 
         try:
             override = json.loads(self.tune_space) if self.tune_space.strip() else {}
         except json.JSONDecodeError as exc:
             raise ValueError(f"tune_space is not valid JSON ({exc}): give e.g. '{{\"feature_cache\": \"on\"}}'") from None
-        if not isinstance(override, dict) or set(override) - set(DEFAULT_TUNE_SPACE):
-            raise ValueError(f"tune_space must be a JSON object with keys among {sorted(DEFAULT_TUNE_SPACE)}, "
-                             f"got {self.tune_space!r}")
+        known = sorted({**DEFAULT_TUNE_SPACE, **DEFAULT_FINETUNE_SPACE})
+        if not isinstance(override, dict) or set(override) - set(known):
+            raise ValueError(f"tune_space must be a JSON object with keys among {known}, got {self.tune_space!r}")
         for name, entry in override.items():
             _check_space_entry(name, entry)
-        return {**DEFAULT_TUNE_SPACE, **override}
+        return override
 
 
 def _check_space_entry(name: str, entry) -> None:
@@ -163,6 +181,8 @@ def _check_space_entry(name: str, entry) -> None:
         values = []
     else:
         values = [entry]
+    if name == "unfreeze_layers" and not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in values):
+        raise ValueError(f"tune_space unfreeze_layers: layer counts must be whole numbers >= 1, got {entry!r}")
     if name == "feature_cache":
         for mode in values:
             if feature_cache_views(str(mode)) == 0:

@@ -55,10 +55,11 @@ def log_params(stage: str, p: TrainParams, backbone: str, num_classes: int, imag
     mlflow.log_params(params)
 
 
-# What the tune step may choose for train_frozen: the tune step logs their pipeline values on the parent run
-# (and its choice as tune.<name>), so that a tuned frozen stage never contradicts them.
+# What the tune step may choose for train_frozen (and, with tune=all, for finetune): the tune step logs their
+# pipeline values on the parent run (and its choice as tune.<name>), so that a tuned stage never contradicts them.
 TUNED = ("epochs", "learning_rate", "augment", "feature_cache", "dense_units", "dropouts", "weight_decay",
          "label_smoothing")
+FINETUNE_TUNED = ("finetune_epochs", "finetune_learning_rate", "unfreeze_layers", "augment")
 
 
 def parent_params(stage: str, p: TrainParams) -> dict:
@@ -66,13 +67,15 @@ def parent_params(stage: str, p: TrainParams) -> dict:
 
     Only those whose value is the same in every stage that logs them (MLflow params are write-once):
     finetune logs its finetune_* and augment, scratch the architecture, epochs, learning_rate, augment and the
-    regularisation, frozen alone weights; frozen logs none of TUNED (the tune step logs those).
+    regularisation, frozen alone weights; frozen logs none of TUNED (the tune step logs those), a finetune
+    the tune step tuned none of FINETUNE_TUNED (`extra["tuned"]`).
     """
     params = {"batch_size": p.batch_size, "seed": p.seed, "early_stopping_patience": p.early_stopping_patience,
               "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights}
     if stage == "finetune":
-        return params | {"augment": p.augment, "finetune_epochs": p.finetune_epochs,
-                         "finetune_learning_rate": p.finetune_learning_rate, "unfreeze_layers": p.unfreeze_layers}
+        own = {"augment": p.augment, "finetune_epochs": p.finetune_epochs,
+               "finetune_learning_rate": p.finetune_learning_rate, "unfreeze_layers": p.unfreeze_layers}
+        return params | {k: v for k, v in own.items() if k not in p.extra.get("tuned", ())}
     params |= {"backbone": p.backbone, "alpha": p.alpha}
     if stage == "train_frozen":
         return params | {"weights": _weights_label(p.weights, stage)}

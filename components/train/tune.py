@@ -4,15 +4,23 @@
 features.py), then runs an Optuna study: each trial trains the head (model.build_head) on grouped k-fold splits
 of the train+val groups (never the test split), epoch by epoch with early stopping on the fold's val accuracy,
 reports every epoch (pruned by the median rule) and scores the mean of the folds' best val accuracies. The
-best trial becomes the train_frozen parameters (`best_params.json`). Workers (processes, or KFP tasks) share
-one study through Optuna's storage: a journal file locally, an RDB URL (PostgreSQL) in a cluster. Every trial
-is an MLflow run nested under the pipeline's parent run (under the tune run outside a pipeline).
+best trial becomes the train_frozen parameters (`best_params.json`).
+
+tune=all then searches the finetune stage (`finetune_search`): the frozen stage is trained once with the choice
+on the first grouped fold of train+val (written as an examples folder), and each trial runs the real finetune
+stage from it (unfrozen depth, learning rate, augmentation), scored by the fold's val accuracy of the weights
+the stage keeps, each epoch reported for pruning. Its best trial becomes the finetune parameters.
+
+Workers (processes) share each study through Optuna's storage: a journal file locally, an RDB URL
+(PostgreSQL) in a cluster. Every trial is an MLflow run nested under the pipeline's parent run (under the tune
+run outside a pipeline).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +44,8 @@ BEST_FILE, HISTORY_PLOT, IMPORTANCE_PLOT = artifact.BEST_FILE, artifact.HISTORY_
 FEATURES_FILE = "features.npz"
 SETTINGS_FILE = "settings.json"
 STUDY_NAME = "tlpipe-frozen"
+FINETUNE_STUDY_NAME = "tlpipe-finetune"
+FOLD_EXAMPLES, FOLD_FROZEN_MODEL = "fold_examples", "fold_frozen_model"  # the fine-tune trials' inputs
 
 
 def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainParams | None = None, *,
@@ -43,8 +53,8 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
          kfp_run_id: str = "local") -> dict:
     """Search the frozen-stage recipe; write the `tune_result` artifact (common.tune_result) into `out_dir`.
 
-    `train` holds the pipeline's train parameters (backbone, weights, batch size, seed and the values that
-    tune=off passes on unchanged). `manifest_dir` gives the images' groups (ingest's `group`); without it every
+    `train` holds the pipeline's train parameters (backbone, weights, batch size, seed, the values that
+    tune=off passes on unchanged, and finetune_epochs: the fine-tune trials' epoch budget). `manifest_dir` gives the images' groups (ingest's `group`); without it every
     image is its own group. Tracked, it logs the pipeline's values of tracking.TUNED on the parent run (tune=off
     too) and, after a search, its choice as `tune.<name>`. Returns the content of best_params.json.
     """
@@ -69,18 +79,12 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
                         "storage": params.tune_storage or str(out / artifact.JOURNAL_FILE), "study": STUDY_NAME,
                         "mlflow_parent_run_id": parent, "experiment": experiment, "kfp_run_id": kfp_run_id,
                         "groups": cached["groups"]}
-            (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
-            others = [subprocess.Popen([sys.executable, "-m", "tlpipe.components.train.tune", str(out), str(w)])
-                      for w in range(1, params.tune_workers)]
-            study = run_worker(out, 0)
-            failed = [p.wait() for p in others]
-            if any(failed):
-                log.warning("tune: %d worker process(es) failed; their trials are marked failed", sum(map(bool, failed)))
-            best = summarise(study, train, space, out)
+            best = summarise(_run_study(out, settings, params.tune_workers), train, space, out)
             best.update(num_images=len(cached["groups"]), num_groups=len(set(cached["groups"])),
                         extract_seconds=cached["seconds"])
-            for name in (FEATURES_FILE, SETTINGS_FILE):  # the workers' inputs: not part of the artifact
-                (out / name).unlink()
+            (out / FEATURES_FILE).unlink()  # the workers' input: not part of the artifact
+            if params.tune == "all":
+                best.update(finetune_search(examples_dir, out, params, train, best, settings))
             if run is not None:
                 _log_study(best, out, params, train, kfp_run_id, experiment)
     best["seconds"] = round(time.perf_counter() - started, 2)
@@ -108,8 +112,10 @@ def chosen_params(p: TrainParams) -> dict:
 
 def parent_params(params: TuneParams, train: TrainParams, best: dict | None = None) -> dict:
     """What the tune step logs on the parent run: the pipeline's TUNED values, its own parameters, its choice."""
-    chosen = {f"tune.{k}": v for k, v in best["train_params"].items()} if best else {}
-    return {**tracking.tuned_params(train), "tune": params.tune, "tune_trials": params.tune_trials,
+    chosen = {f"tune.{k}": v for k, v in {**best["train_params"], **best.get("finetune_params", {})}.items()
+              } if best else {}
+    given = {n: getattr(train, n) for n in tracking.FINETUNE_TUNED} if params.tune == "all" else {}
+    return {**tracking.tuned_params(train), **given, "tune": params.tune, "tune_trials": params.tune_trials,
             "tune_timeout_s": params.tune_timeout_s, "tune_space": params.tune_space or "{}", **chosen}
 
 
@@ -181,6 +187,19 @@ def _choices(entry) -> list:
 
 
 # ----- the study -----------------------------------------------------------------------------------
+def _run_study(out: Path, settings: dict, workers: int):
+    """Run a study's workers (this process and `workers` - 1 others) on `settings`; returns the study."""
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    others = [subprocess.Popen([sys.executable, "-m", "tlpipe.components.train.tune", str(out), str(w)])
+              for w in range(1, workers)]
+    study = run_worker(out, 0)
+    failed = [p.wait() for p in others]
+    if any(failed):
+        log.warning("tune: %d worker process(es) failed; their trials are marked failed", sum(map(bool, failed)))
+    (out / SETTINGS_FILE).unlink()  # the workers' input: not part of the artifact
+    return study
+
+
 def open_study(settings: dict, worker: int):
     import optuna
 
@@ -190,26 +209,41 @@ def open_study(settings: dict, worker: int):
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
     seed = settings["train"]["seed"] + worker
+    finetune = settings["study"] == FINETUNE_STUDY_NAME  # few, long trials: prune from the third, after epoch 1
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1) if finetune else \
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3)
     return optuna.create_study(study_name=settings["study"], storage=storage, direction="maximize",
-                               load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed),
-                               pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=3))
+                               load_if_exists=True, sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
 
 
 def run_worker(out: Path, worker: int):
-    """One worker: trials of the shared study until the study holds `tune_trials` finished trials or time is up."""
+    """One worker: trials of the shared study until the study holds its number of trials or time is up."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(out)
     settings = json.loads((out / SETTINGS_FILE).read_text())
-    cached = dict(np.load(out / FEATURES_FILE))
     study = open_study(settings, worker)
     p = settings["tune"]
-    folds = make_folds(cached["labels"], settings["groups"], p["tune_folds"], settings["train"]["seed"])
-    done = optuna.study.MaxTrialsCallback(p["tune_trials"], states=None)
-    study.optimize(lambda trial: objective(trial, cached, folds, settings, worker), n_trials=p["tune_trials"],
-                   timeout=p["tune_timeout_s"] or None, callbacks=[done], catch=(Exception,))
+    if settings["study"] == FINETUNE_STUDY_NAME:
+        trials, timeout = p["tune_finetune_trials"], p["tune_finetune_timeout_s"]
+        run = lambda trial: finetune_objective(trial, out, settings, worker)  # noqa: E731
+    else:
+        trials, timeout = p["tune_trials"], p["tune_timeout_s"]
+        cached = dict(np.load(out / FEATURES_FILE))
+        folds = make_folds(cached["labels"], settings["groups"], p["tune_folds"], settings["train"]["seed"])
+        run = lambda trial: objective(trial, cached, folds, settings, worker)  # noqa: E731
+    if worker == 0 and not study.trials and settings.get("first_trial"):
+        study.enqueue_trial(settings["first_trial"])  # the given recipe first: the search starts from it
+    done = optuna.study.MaxTrialsCallback(trials, states=None)
+    study.optimize(run, n_trials=trials, timeout=timeout or None, callbacks=[done], catch=(Exception,))
     return study
+
+
+def train_params(settings: dict) -> TrainParams:
+    """The TrainParams a worker's settings hold (JSON lists back to tuples)."""
+    given = settings["train"]
+    return TrainParams(**{**given, "dense_units": tuple(given["dense_units"]), "dropouts": tuple(given["dropouts"])})
 
 
 def make_folds(labels: np.ndarray, groups: list[str], folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -261,8 +295,7 @@ def objective(trial, cached: dict, folds, settings: dict, worker: int) -> float:
     import optuna
 
     p = settings["tune"]
-    train = TrainParams(**{**settings["train"], "dense_units": tuple(settings["train"]["dense_units"]),
-                           "dropouts": tuple(settings["train"]["dropouts"])})
+    train = train_params(settings)
     chosen = sample(trial, settings["space"])
     candidate = recipe(chosen, p["tune_max_epochs"], train)
     views, labels, clean = train_views(cached, candidate.feature_cache), cached["labels"], cached["clean"]
@@ -344,27 +377,147 @@ def _trial_run(settings: dict, trial, chosen: dict) -> str | None:
     from mlflow.tracking import MlflowClient
 
     mlflow_utils.connect()
-    tags = {"mlflow.parentRunId": settings["mlflow_parent_run_id"], "stage": "tune_trial",
-            "trial": str(trial.number)}
+    finetune = settings["study"] == FINETUNE_STUDY_NAME
+    tags = {"mlflow.parentRunId": settings["mlflow_parent_run_id"],
+            "stage": "tune_finetune_trial" if finetune else "tune_trial", "trial": str(trial.number)}
     if mlflow_utils.in_pipeline(settings["kfp_run_id"]):
         tags["kfp_run_id"] = mlflow_utils.current_kfp_run_id(settings["kfp_run_id"])
     client = MlflowClient()
-    run = client.create_run(mlflow_utils.experiment_id(settings["experiment"]), run_name=f"tune-trial-{trial.number}",
+    run = client.create_run(mlflow_utils.experiment_id(settings["experiment"]), run_name=f"tune-{'finetune-' if finetune else ''}trial-{trial.number}",
                             tags=tags)
     for name, value in chosen.items():
         client.log_param(run.info.run_id, name, value)
     return run.info.run_id
 
 
+# ----- the fine-tune search (tune=all) --------------------------------------------------------------
+def finetune_search(examples_dir, out: Path, params: TuneParams, train: TrainParams, frozen: dict,
+                    settings: dict) -> dict:
+    """Search the finetune stage from the frozen stage trained with the frozen search's choice.
+
+    One grouped fold of train+val (the first of the frozen search's folds: the test split is never read)
+    becomes an examples folder; the frozen stage trains on it once, then every trial fine-tunes that model
+    with the real finetune stage. `frozen` is the frozen search's result; `settings` its worker settings.
+    Returns finetune_params, the fine-tune summary, the plots (with the frozen ones) and the whole line.
+    """
+    from tlpipe.components.train import core
+
+    started = time.perf_counter()
+    labels = np.concatenate([data.labels(examples_dir, split) for split in ("train", "val")])
+    fold = make_folds(labels, settings["groups"], params.tune_folds, train.seed)[0]
+    fold_dir = write_fold(examples_dir, out / FOLD_EXAMPLES, fold)
+    log.info("tune: fine-tune search on one grouped fold (%d train, %d val images); the frozen stage first",
+             len(fold[0]), len(fold[1]))
+    start = core.train_frozen(fold_dir, out / FOLD_FROZEN_MODEL, train.tuned(frozen["train_params"]), track=False)
+    space = params.finetune_space()
+    given = {"unfreeze_layers": train.unfreeze_layers, "finetune_learning_rate": train.finetune_learning_rate,
+             "augment": train.augment}
+    study = _run_study(out, {**settings, "space": space, "study": FINETUNE_STUDY_NAME,
+                             "first_trial": within(space, given)}, params.tune_workers)
+    for name in (FOLD_EXAMPLES, FOLD_FROZEN_MODEL, "finetune_trials"):  # the trials' inputs: not the artifact
+        shutil.rmtree(out / name, ignore_errors=True)
+    result = summarise_finetune(study, train, space, start.val_accuracy, out)
+    result["finetune"].update(fold_images={"train": len(fold[0]), "val": len(fold[1])},
+                              seconds=round(time.perf_counter() - started, 2))
+    return {**result, "tune": "all", "plots": frozen["plots"] + result.pop("plots"),
+            "line": f"{frozen['line']}; {result['line']}"}
+
+
+def write_fold(examples_dir, fold_dir: Path, fold: tuple[np.ndarray, np.ndarray]) -> Path:
+    """An examples folder whose train/val splits are a fold (indices into train+val, in file order)."""
+    records = [r for split in ("train", "val") for f in examples.split_files(examples_dir, split)
+               for r in examples.iter_records(f)]
+    schema = examples.read_schema(examples_dir)
+    for split, indices in zip(("train", "val"), fold, strict=True):
+        examples.write_tfrecord(fold_dir / split / examples.shard_name(0), (records[i] for i in sorted(indices)))
+    examples.write_schema(fold_dir, **{**schema, "num_shards": 1,
+                                       "num_examples": {"train": len(fold[0]), "val": len(fold[1]), "test": 0}})
+    return fold_dir
+
+
+def within(space: dict, given: dict) -> dict:
+    """The given values of the space's searched entries, each one the space allows (else left out)."""
+    def allowed(entry, value) -> bool:
+        if "choices" in entry:
+            return value in entry["choices"]
+        return entry["low"] <= value <= entry["high"]
+
+    return {name: value for name, value in given.items()
+            if isinstance(space.get(name), dict) and allowed(space[name], value)}
+
+
+def finetune_recipe(chosen: dict, train: TrainParams) -> TrainParams:
+    """The TrainParams of a sampled fine-tune recipe (its trials pick the best epoch by val accuracy)."""
+    return replace(train, unfreeze_layers=int(chosen["unfreeze_layers"]), augment=bool(chosen["augment"]),
+                   finetune_learning_rate=float(chosen["finetune_learning_rate"]),
+                   early_stopping_monitor="val_accuracy")
+
+
+def finetune_objective(trial, out: Path, settings: dict, worker: int) -> float:
+    """The fold's val accuracy of the weights the finetune stage keeps (the frozen start is a candidate)."""
+    import optuna
+
+    from tlpipe.components.train import core
+
+    chosen = sample(trial, settings["space"])
+    candidate = finetune_recipe(chosen, train_params(settings))
+    run = _trial_run(settings, trial, chosen)
+    status, trial_dir = "FAILED", out / "finetune_trials" / f"trial-{trial.number}-worker-{worker}"
+
+    def report(row: dict) -> None:
+        trial.report(row["val_accuracy"], row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned()
+
+    log.info("tune: fine-tune trial %d: %s", trial.number, shown(chosen))
+    try:
+        result = core.finetune(out / FOLD_EXAMPLES, out / FOLD_FROZEN_MODEL, trial_dir, candidate, track=False,
+                               on_epoch=report)
+        trial.set_user_attr("epochs", max(1, result.best_epoch + 1))
+        trial.set_user_attr("improved_on_start", result.best_epoch >= 0)
+        trial.set_user_attr("worker", worker)
+        status = "FINISHED"
+        return result.val_accuracy
+    except optuna.TrialPruned:
+        status = "KILLED"
+        raise
+    finally:
+        shutil.rmtree(trial_dir, ignore_errors=True)
+        if run is not None:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            if status == "FINISHED":
+                client.log_metric(run, "val_accuracy", result.val_accuracy)
+                client.log_param(run, "epochs", max(1, result.best_epoch + 1))
+            client.set_terminated(run, status=status)
+
+
+def summarise_finetune(study, train: TrainParams, space: dict, start_val_accuracy: float, out: Path) -> dict:
+    """The best fine-tune trial as finetune parameters, its summary, plots and line."""
+    counts = _counts(study)
+    if not counts["complete"]:
+        raise ValueError(f"tune: no fine-tune trial completed ({counts}); raise tune_finetune_trials or "
+                         "tune_finetune_timeout_s")
+    best = study.best_trial
+    chosen = finetune_recipe({**{k: v for k, v in space.items() if not isinstance(v, dict)}, **best.params}, train)
+    finetune_params = {"unfreeze_layers": chosen.unfreeze_layers, "finetune_learning_rate": chosen.finetune_learning_rate,
+                       "augment": chosen.augment, "finetune_epochs": best.user_attrs["epochs"]}
+    improved = best.user_attrs["improved_on_start"]
+    line = (f"fine-tune: trial {best.number} of {len(study.trials)} ({counts['complete']} complete, "
+            f"{counts['pruned']} pruned) chose {shown(finetune_params)}: val accuracy {best.value:.3f} on one "
+            f"grouped fold, from the frozen stage's {start_val_accuracy:.3f}"
+            + ("" if improved else " (no trial's fine-tuning beat the frozen start there)"))
+    return {"finetune_params": finetune_params, "line": line, "plots": _plots(study, out, "finetune_"),
+            "finetune": {"val_accuracy": best.value, "start_val_accuracy": start_val_accuracy,
+                         "best_trial": best.number, "trials": counts, "space": space}}
+
+
 # ----- results -------------------------------------------------------------------------------------
 def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
     """The best trial as train_frozen parameters, the trial counts, and the study's plots as files."""
-    import optuna
-
-    states = [t.state for t in study.trials]
-    counts = {name.lower(): sum(s == state for s in states) for name, state in
-              (("COMPLETE", optuna.trial.TrialState.COMPLETE), ("PRUNED", optuna.trial.TrialState.PRUNED),
-               ("FAIL", optuna.trial.TrialState.FAIL))}
+    counts = _counts(study)
+    states = study.trials
     if not counts["complete"]:
         raise ValueError(f"tune: no trial completed ({counts}); raise tune_trials or tune_timeout_s")
     best = study.best_trial
@@ -380,26 +533,45 @@ def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
     return result
 
 
-def _plots(study, out: Path) -> list[str]:
-    """Optuna's optimisation history and parameter importances (matplotlib) as PNG files; the names written."""
+def _counts(study) -> dict:
+    """{complete, pruned, fail}: how many of the study's trials ended so."""
+    import optuna
+
+    states = [t.state for t in study.trials]
+    return {name.lower(): sum(s == state for s in states) for name, state in
+            (("COMPLETE", optuna.trial.TrialState.COMPLETE), ("PRUNED", optuna.trial.TrialState.PRUNED),
+             ("FAIL", optuna.trial.TrialState.FAIL))}
+
+
+def _plots(study, out: Path, prefix: str = "") -> list[str]:
+    """Optuna's optimisation history and parameter importances (matplotlib) as PNG files, titled by the search
+    (`prefix` "finetune_": the fine-tune search); the names written. No importances when every trial scored
+    the same (they would be an even split that means nothing)."""
     import warnings
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import optuna
     from optuna.visualization import matplotlib as ovm
 
+    search = "Fine-tune search" if prefix else "Frozen-stage search"
+    values = {t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE}
+    plots = [(prefix + HISTORY_PLOT, ovm.plot_optimization_history, "optimisation history")]
+    if len(values) > 1:
+        plots.append((prefix + IMPORTANCE_PLOT, ovm.plot_param_importances, "parameter importances"))
     written = []
-    for name, plot in ((HISTORY_PLOT, ovm.plot_optimization_history), (IMPORTANCE_PLOT, ovm.plot_param_importances)):
+    for name, plot, title in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = plot(study)
+            ax.set_title(f"{search}: {title}")
             ax.figure.savefig(out / name, dpi=80, bbox_inches="tight")
             plt.close(ax.figure)
             written.append(name)
-        except (ValueError, RuntimeError) as exc:  # e.g. importances need two completed trials that differ
+        except (ValueError, RuntimeError) as exc:  # e.g. importances need two completed trials
             log.warning("tune: no %s: %s", name, exc)
     return written
 
@@ -427,6 +599,14 @@ def _log_study(best: dict, out: Path, params: TuneParams, train: TrainParams, kf
     mlflow.log_params({"tune": params.tune, "tune_trials": params.tune_trials, "tune_timeout_s": params.tune_timeout_s,
                        "tune_folds": params.tune_folds, "tune_space": json.dumps(best["space"])[:6000]})
     mlflow.log_metrics({"cv_accuracy": best["cv_accuracy"], **{f"trials_{k}": v for k, v in best["trials"].items()}})
+    if "finetune" in best:
+        found = best["finetune"]
+        mlflow.log_params({"tune_finetune_trials": params.tune_finetune_trials,
+                           "tune_finetune_timeout_s": params.tune_finetune_timeout_s,
+                           "tune_finetune_space": json.dumps(found["space"])})
+        mlflow.log_metrics({"finetune_val_accuracy": found["val_accuracy"],
+                            "finetune_start_val_accuracy": found["start_val_accuracy"],
+                            **{f"finetune_trials_{k}": v for k, v in found["trials"].items()}})
     mlflow.set_tag("mlflow.note.content", best["line"])
     for name in best["plots"]:
         mlflow.log_artifact(str(out / name))

@@ -45,13 +45,15 @@ BAD = [  # (parameter, value, what the one line must say)
     ("registered_model_name", " ", "must not be empty"),
     ("weight_decay", -1e-4, "weight_decay must be >= 0"),
     ("label_smoothing", 1.0, "label_smoothing must be in [0, 1)"),
-    ("tune", "all", "tune='all' (the fine-tune search) is not built yet: use tune='frozen' or 'off'"),
+    ("tune_finetune_trials", 0, "tune_finetune_trials must be >= 1"),
+    ("tune_finetune_timeout_s", -5, "tune_finetune_timeout_s must be >= 0"),
+    ("tune_space", '{"unfreeze_layers": {"choices": [0]}}', "unfreeze_layers: layer counts must be whole numbers >= 1"),
     ("tune", "always", "tune must be one of ('off', 'frozen', 'all')"),
     ("tune_trials", 0, "tune_trials must be >= 1"),
     ("tune_trials", 2.5, "must be a whole number"),
     ("tune_timeout_s", -1, "tune_timeout_s must be >= 0"),
     ("tune_space", "{lr: 1}", "tune_space is not valid JSON"),
-    ("tune_space", '["learning_rate"]', "tune_space must be a JSON object with keys among ['dense_units', "),
+    ("tune_space", '["learning_rate"]', "tune_space must be a JSON object with keys among ['augment', 'dense_units', "),
     ("tune_space", '{"momentum": {"low": 0.8, "high": 0.99}}', "with keys among"),
     ("tune_space", '{"feature_cache": {"choices": ["on", "augmented:x"]}}', "feature_cache must be 'off', 'on'"),
     ("tune_space", '{"learning_rate": {"low": 0.1}}', "tune_space learning_rate: a range needs numbers low <= high"),
@@ -107,6 +109,13 @@ def test_good_values_come_back_typed(tmp_path):
     space = '{"feature_cache": "on", "dense_units": {"choices": ["", "64"]}}'
     assert validate_parameters({"tune": "off", "tune_trials": "5", "tune_timeout_s": 0, "tune_space": space}) == {
         "tune": "off", "tune_trials": 5, "tune_timeout_s": 0.0, "tune_space": space}
+    assert validate_parameters({"tune": "all", "tune_space": '{"augment": false}'})["tune"] == "all"
+
+
+def test_tune_all_needs_the_finetune_stage():
+    with pytest.raises(InvalidParameterError, match=r"^parameter tune='all': tune=all searches the fine-tuning stage: "
+                                                     r"it needs run_finetune=true"):
+        validate_parameters({"tune": "all", "run_finetune": False})
 
 
 def test_the_schema_is_the_pipelines_parameters():
@@ -140,9 +149,9 @@ def test_tlpipe_local_fails_in_seconds_without_starting_a_server(argv, named, mo
     assert err.startswith("tlpipe: error: ") and named in err, err
 
 
-@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}, {"tune": "all"},
+@pytest.mark.parametrize("bad", [{"epochs": 0}, {"backbone": "VGG16"}, {"tune": "sometimes"},
                                  {"canary_traffic_percent": 10}],  # with the default deployment_mode RawDeployment
-                         ids=["epochs=0", "backbone=VGG16", "tune=all", "canary=10"])
+                         ids=["epochs=0", "backbone=VGG16", "tune=sometimes", "canary=10"])
 def test_the_compiled_pipeline_stops_at_its_validation_task(bad, tmp_path, capfd):
     """As a run launched from the KFP dashboard: the compiled YAML fails in validate-parameters, in seconds."""
     package = compile_pipeline(tmp_path / "pipeline.yaml")

@@ -10,7 +10,7 @@ import pytest
 
 from tlpipe.cli.main import main
 from tlpipe.components.common import model_artifact, tune_result
-from tlpipe.components.train import tune
+from tlpipe.components.train import tracking, tune
 from tlpipe.components.train.params import TrainParams, TuneParams
 
 SMALL = dict(tune_trials=6, tune_max_epochs=5, tune_patience=2, tune_timeout_s=0,
@@ -49,6 +49,43 @@ def test_a_seeded_search_repeats_and_its_choice_trains_the_frozen_stage(syntheti
     assert head == [*first["train_params"]["dense_units"], 3]  # the chosen head, not the default 512/256
 
 
+def test_tune_all_searches_the_finetune_stage_and_its_choice_trains_it(synthetic_examples, tiny_backbone, tmp_path,
+                                                                       capsys):
+    params = TuneParams(**{**SMALL, "tune": "all", "tune_finetune_trials": 3})
+    train = replace(train_params(tiny_backbone), finetune_epochs=3)
+    best = tune.tune(synthetic_examples, tmp_path / "tuned", params, train, track=False)
+
+    found = best["finetune"]
+    assert best["tune"] == "all" and found["trials"]["complete"] + found["trials"]["pruned"] == 3
+    assert sum(found["fold_images"].values()) == 30 + 9  # a fold of train+val, never test
+    assert found["val_accuracy"] >= found["start_val_accuracy"] > 0.5  # the frozen start is a candidate
+    chosen = best["finetune_params"]
+    assert set(chosen) == {"unfreeze_layers", "finetune_learning_rate", "augment", "finetune_epochs"}
+    assert chosen["unfreeze_layers"] in (20, 50, 100) and 1e-5 <= chosen["finetune_learning_rate"] <= 1e-3
+    assert 1 <= chosen["finetune_epochs"] <= 3
+    assert best["line"].startswith("tune: trial ") and "; fine-tune: trial " in best["line"]
+    assert f"unfreeze_layers {chosen['unfreeze_layers']}" in best["line"]
+    assert tune.HISTORY_PLOT in best["plots"] and "finetune_" + tune.HISTORY_PLOT in best["plots"]
+    assert sorted(p.name for p in (tmp_path / "tuned").iterdir()) == sorted([tune.BEST_FILE, "study.journal",
+                                                                             *best["plots"]])
+    settings = {"storage": str(tmp_path / "tuned" / "study.journal"), "train": {"seed": 42}}
+    trials = tune.open_study({**settings, "study": tune.FINETUNE_STUDY_NAME}, 0).trials
+    assert len(trials) == 3  # the first is the given recipe: the search starts from what the user would train
+    assert trials[0].params == {"unfreeze_layers": 50, "finetune_learning_rate": 1e-5, "augment": True}
+
+    # `tlpipe train finetune --tune-result` fine-tunes with the choice, not with its own flags
+    assert main(["train", "frozen", "--examples", str(synthetic_examples), "--out", str(tmp_path / "frozen"),
+                 "--weights", str(tiny_backbone), "--batch-size", "8", "--tune-result", str(tmp_path / "tuned"),
+                 "--no-mlflow"]) == 0
+    capsys.readouterr()
+    assert main(["train", "finetune", "--examples", str(synthetic_examples), "--frozen-model", str(tmp_path / "frozen"),
+                 "--out", str(tmp_path / "finetuned"), "--batch-size", "8", "--early-stopping-patience", "0",
+                 "--finetune-epochs", "7", "--tune-result", str(tmp_path / "tuned"), "--no-mlflow"]) == 0
+    out = capsys.readouterr().out
+    printed = json.loads(out[out.index("{"):])
+    assert printed["epochs_run"] == chosen["finetune_epochs"]  # not --finetune-epochs 7
+
+
 def _layers(model):
     for layer in model.layers:
         yield layer
@@ -84,7 +121,8 @@ def test_tune_off_passes_the_given_parameters_on(synthetic_examples, tmp_path):
     best = tune.tune(synthetic_examples, tmp_path, TuneParams(tune="off"), given, track=False)
     assert best["train_params"] == tune.chosen_params(given) and best["tune"] == "off"
     assert json.loads((tmp_path / tune.BEST_FILE).read_text())["train_params"]["learning_rate"] == 5e-4
-    assert TrainParams(batch_size=8).tuned(tune_result.read(tmp_path)["train_params"]) == replace(given, batch_size=8)
+    tuned = TrainParams(batch_size=8).tuned(tune_result.read(tmp_path)["train_params"])
+    assert replace(tuned, extra={}) == replace(given, batch_size=8) and tuned.extra["tuned"] == sorted(tracking.TUNED)
 
 
 def test_tune_off_in_a_pipeline_run_logs_the_given_values_on_the_parent(stack, synthetic_examples, tmp_path):
@@ -105,7 +143,8 @@ def test_tune_off_in_a_pipeline_run_logs_the_given_values_on_the_parent(stack, s
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    ({"tune": "all"}, "tune='all' .* not built yet"),
+    ({"tune_finetune_trials": 0}, "tune_finetune_trials must be >= 1"),
+    ({"tune_space": '{"unfreeze_layers": {"choices": [10, 2.5]}}'}, "unfreeze_layers: layer counts must be whole"),
     ({"tune": "sometimes"}, "tune must be one of"),
     ({"tune_space": "{not json"}, "tune_space is not valid JSON"),
     ({"tune_space": '{"momentum": 0.9}'}, "tune_space must be a JSON object with keys among"),

@@ -63,6 +63,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.stage == "finetune":
         params.finetune_epochs, params.finetune_learning_rate = args.finetune_epochs, args.finetune_learning_rate
         params.unfreeze_layers = args.unfreeze_layers
+        if args.tune_result:
+            from tlpipe.components.common import tune_result
+
+            best = tune_result.read(args.tune_result)
+            if "finetune_params" not in best:
+                raise ValueError(f"--tune-result {args.tune_result} holds no fine-tune choice (it was written with "
+                                 f"tune={best['tune']}): run `tlpipe tune --tune all` for one")
+            params = params.tuned(best["finetune_params"])
         result = core.finetune(args.examples, args.frozen_model, args.out, params, **kwargs)
     else:
         params.epochs, params.learning_rate = args.epochs, args.learning_rate
@@ -108,6 +116,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="Adam learning rate of fine-tuning")
     ft.add_argument("--unfreeze-layers", type=int, default=TrainParams.unfreeze_layers,
                     help="last backbone layers unfrozen (BatchNorm stays frozen)")
+    ft.add_argument("--tune-result", default=None,
+                    help="a `tune_result` folder of `tlpipe tune --tune all`: fine-tune with its finetune_params "
+                         "instead of the epochs, learning rate, unfrozen layers and augment given here")
 
     scratch = stages.add_parser("scratch", help="the same architecture trained from random weights")
     _common(scratch)
