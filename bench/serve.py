@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import print_table, write_json
+from tlpipe.stack.servers import stop_popen_group
 
 DEMO = Path(__file__).resolve().parents[1] / "examples" / "fish-egu2017-demo" / "images"
 SIZE, BATCHES = 160, (1, 32)
@@ -123,8 +122,7 @@ def bench_serve(reference: str, photos: list[Path], calls: int) -> list[dict]:
                         answer.raise_for_status()
                     rows.append(_row("serve", f"tflite-{form}" if form else "keras", batch, times[2:]))
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+            stop_popen_group(proc)
     return rows
 
 

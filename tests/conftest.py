@@ -96,3 +96,26 @@ def session_examples(tmp_path_factory) -> Path:
 def trained(model_factory, session_examples):
     """(model, history) of a tiny CNN trained on the synthetic train split."""
     return model_factory.train_model(session_examples)
+
+
+@pytest.fixture
+def fake_kube_api():
+    """Serve a fake Kubernetes API (an http.server instance bound to 127.0.0.1) in a thread; returns
+    `start(server) -> (server, kubernetes ApiClient talking to it)`; every started server is shut down after."""
+    import threading
+
+    from kubernetes import client
+
+    servers = []
+
+    def start(server):
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        configuration = client.Configuration()
+        configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
+        return server, client.ApiClient(configuration)
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

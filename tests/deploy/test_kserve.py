@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import SimpleNamespace
 
 import pytest
-from kubernetes import client
 
 from tlpipe.components.deploy import core, k8s
 from tlpipe.components.deploy import inference_service as isvc
@@ -122,21 +120,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def kube():
-    servers = []
-
-    def start(**kwargs):
-        server = FakeKube(**kwargs)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        configuration = client.Configuration()
-        configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
-        return server, client.ApiClient(configuration)
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def kube(fake_kube_api):
+    return lambda **kwargs: fake_kube_api(FakeKube(**kwargs))
 
 
 class Registry:

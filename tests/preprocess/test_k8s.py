@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from kubeflow_spark_api.models import SparkV1beta2SparkApplication
-from kubernetes import client
 
 from tlpipe.components.preprocess import core, job, k8s
 
@@ -83,21 +81,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def api_server():
-    servers = []
-
-    def start(outcome: str = "COMPLETED"):
-        server = FakeApiServer(outcome)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        configuration = client.Configuration()
-        configuration.host = f"http://127.0.0.1:{server.server_address[1]}"
-        return server, client.ApiClient(configuration)
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
+def api_server(fake_kube_api):
+    return lambda outcome="COMPLETED": fake_kube_api(FakeApiServer(outcome))
 
 
 CONFIG = job.JobConfig(manifest="s3://data/manifest", output="s3://data/examples", image_size=160, num_shards=8)
