@@ -282,7 +282,8 @@ def build_pipeline(images: ImageSettings | None = None, resources: ResourceSetti
             label_smoothing=label_smoothing, tune=tune, tune_trials=tune_trials, tune_timeout_s=tune_timeout_s,
             tune_space=tune_space, tune_finetune_trials=tune_finetune_trials,
             tune_finetune_timeout_s=tune_finetune_timeout_s, finetune_epochs=finetune_epochs,
-            finetune_learning_rate=finetune_learning_rate, unfreeze_layers=unfreeze_layers, **common), "tune")
+            finetune_learning_rate=finetune_learning_rate, unfreeze_layers=unfreeze_layers, **stopping, **common),
+            "tune")
         frozen = trainer(train_frozen(
             tune_result=searched.outputs["tune_result"], backbone=backbone, alpha=alpha, weights=weights,
             **stopping, **common), "train-frozen")

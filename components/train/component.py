@@ -17,8 +17,8 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
             weight_decay: float = 0.0, label_smoothing: float = 0.0, seed: int = 42, tune: str = "frozen",
             tune_trials: int = 20, tune_timeout_s: float = 90.0, tune_space: str = "",
             tune_finetune_trials: int = 4, tune_finetune_timeout_s: float = 900.0, finetune_epochs: int = 10,
-            finetune_learning_rate: float = 1e-5, unfreeze_layers: int = 50,
-            experiment: str = "fish-classification", kfp_run_id: str = "local",
+            finetune_learning_rate: float = 1e-5, unfreeze_layers: int = 50, early_stopping_patience: int = 3,
+            early_stopping_monitor: str = "val_loss", use_class_weights: bool = False, experiment: str = "fish-classification", kfp_run_id: str = "local",
             dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> str:  # noqa: B006 - KFP defaults
     """Choose the frozen stage's recipe (Optuna, grouped cross-validation on cached train+val features).
 
@@ -54,6 +54,9 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
         finetune_epochs: epochs of a fine-tune trial at most (tune=all).
         finetune_learning_rate: finetune's learning rate as given (logged on the parent run with tune=all).
         unfreeze_layers: finetune's unfrozen layers as given (logged on the parent run with tune=all).
+        early_stopping_patience: the fine-tune trials' early stopping, as the finetune stage's (tune=all).
+        early_stopping_monitor: the val metric that picks a fine-tune trial's kept epoch, as in the stage.
+        use_class_weights: weight the fine-tune trials' loss by inverse class frequency, as in the stage.
         experiment: MLflow experiment of the pipeline's parent run.
         kfp_run_id: pipeline run whose parent MLflow run to nest under (local: $KFP_RUN_ID or "local").
         dense_units: units of the head's Dense layers with tune=off.
@@ -69,7 +72,8 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
                         tune_finetune_trials=tune_finetune_trials, tune_finetune_timeout_s=tune_finetune_timeout_s)
     train = TrainParams(backbone=backbone, alpha=alpha, weights=weights, batch_size=batch_size, epochs=epochs,
                         finetune_epochs=finetune_epochs, finetune_learning_rate=finetune_learning_rate,
-                        unfreeze_layers=unfreeze_layers,
+                        unfreeze_layers=unfreeze_layers, early_stopping_patience=early_stopping_patience,
+                        early_stopping_monitor=early_stopping_monitor, use_class_weights=use_class_weights,
                         learning_rate=learning_rate, augment=augment, feature_cache=feature_cache,
                         weight_decay=weight_decay, label_smoothing=label_smoothing, seed=seed,
                         dense_units=tuple(int(u) for u in dense_units), dropouts=tuple(float(d) for d in dropouts))

@@ -447,14 +447,14 @@ def within(space: dict, given: dict) -> dict:
 
 
 def finetune_recipe(chosen: dict, train: TrainParams) -> TrainParams:
-    """The TrainParams of a sampled fine-tune recipe (its trials pick the best epoch by val accuracy)."""
+    """The TrainParams of a sampled fine-tune recipe (early stopping as the pipeline's finetune stage does it)."""
     return replace(train, unfreeze_layers=int(chosen["unfreeze_layers"]), augment=bool(chosen["augment"]),
-                   finetune_learning_rate=float(chosen["finetune_learning_rate"]),
-                   early_stopping_monitor="val_accuracy")
+                   finetune_learning_rate=float(chosen["finetune_learning_rate"]))
 
 
 def finetune_objective(trial, out: Path, settings: dict, worker: int) -> float:
-    """The fold's val accuracy of the weights the finetune stage keeps (the frozen start is a candidate)."""
+    """The fold's val accuracy of the weights the finetune stage keeps: the best epoch by the pipeline's
+    early_stopping_monitor, the frozen start being a candidate."""
     import optuna
 
     from tlpipe.components.train import core
