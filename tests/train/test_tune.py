@@ -125,6 +125,16 @@ def test_tune_off_passes_the_given_parameters_on(synthetic_examples, tmp_path):
     assert replace(tuned, extra={}) == replace(given, batch_size=8) and tuned.extra["tuned"] == sorted(tracking.TUNED)
 
 
+def test_finetune_with_a_tune_result_that_has_no_finetune_choice_says_so(synthetic_examples, tmp_path, capsys):
+    tune.tune(synthetic_examples, tmp_path / "tuned", TuneParams(tune="off"), track=False)
+    assert main(["train", "finetune", "--examples", str(synthetic_examples), "--frozen-model", str(tmp_path / "frozen"),
+                 "--out", str(tmp_path / "out"), "--tune-result", str(tmp_path / "tuned"), "--no-mlflow"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tlpipe: error: --tune-result {tmp_path / 'tuned'} holds no fine-tune choice (it was written with "
+                   "tune=off): run `tlpipe tune --tune all` for one")
+    assert not (tmp_path / "out").exists()
+
+
 def test_tune_off_in_a_pipeline_run_logs_the_given_values_on_the_parent(stack, synthetic_examples, tmp_path):
     """Whatever tune says, the parent run holds the pipeline's values of what tune may choose."""
     from mlflow.tracking import MlflowClient
