@@ -51,12 +51,14 @@ FOLD_EXAMPLES, FOLD_FROZEN_MODEL = "fold_examples", "fold_frozen_model"  # the f
 def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainParams | None = None, *,
          manifest_dir=None, track: bool = True, experiment: str = DEFAULT_EXPERIMENT,
          kfp_run_id: str = "local") -> dict:
-    """Search the frozen-stage recipe; write the `tune_result` artifact (common.tune_result) into `out_dir`.
+    """Search the frozen-stage recipe (tune=all: then the finetune stage's); write the `tune_result` artifact
+    (common.tune_result) into `out_dir`.
 
     `train` holds the pipeline's train parameters (backbone, weights, batch size, seed, the values that
-    tune=off passes on unchanged, and finetune_epochs: the fine-tune trials' epoch budget). `manifest_dir` gives the images' groups (ingest's `group`); without it every
-    image is its own group. Tracked, it logs the pipeline's values of tracking.TUNED on the parent run (tune=off
-    too) and, after a search, its choice as `tune.<name>`. Returns the content of best_params.json.
+    tune=off passes on unchanged; for tune=all the finetune values and early stopping, `finetune_epochs` being
+    the fine-tune trials' epoch budget). `manifest_dir` gives the images' groups (ingest's `group`); without it
+    every image is its own group. Tracked, it logs the pipeline's values of tracking.TUNED on the parent run
+    (tune=off too) and, after a search, its choice as `tune.<name>`. Returns the content of best_params.json.
     """
     params, train = params or TuneParams(), train or TrainParams()
     params.validate()
@@ -517,7 +519,6 @@ def summarise_finetune(study, train: TrainParams, space: dict, start_val_accurac
 def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
     """The best trial as train_frozen parameters, the trial counts, and the study's plots as files."""
     counts = _counts(study)
-    states = study.trials
     if not counts["complete"]:
         raise ValueError(f"tune: no trial completed ({counts}); raise tune_trials or tune_timeout_s")
     best = study.best_trial
@@ -527,7 +528,7 @@ def summarise(study, train: TrainParams, space: dict, out: Path) -> dict:
     result = {"tune": "frozen", "cv_accuracy": best.value, "best_trial": best.number,
               "fold_accuracies": best.user_attrs["fold_accuracies"], "train_params": chosen_params(chosen),
               "trials": counts, "folds": len(best.user_attrs["fold_accuracies"]), "space": space, "plots": plots}
-    result["line"] = (f"tune: trial {best.number} of {len(states)} ({counts['complete']} complete, "
+    result["line"] = (f"tune: trial {best.number} of {len(study.trials)} ({counts['complete']} complete, "
                       f"{counts['pruned']} pruned) chose {shown(result['train_params'])}: grouped "
                       f"{result['folds']}-fold CV accuracy {best.value:.3f} on the train+val groups")
     return result
