@@ -1,10 +1,12 @@
-"""Shared output of the benchmarks: a plain-text table on stdout and a JSON file under bench/results/."""
+"""Shared output of the benchmarks: a plain-text table on stdout, a JSON file under bench/results/ and the
+95 % t-interval of a mean."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -41,3 +43,14 @@ def write_json(name: str, rows: list[dict], **extra) -> Path:
     path.write_text(json.dumps(doc, indent=2))
     print(f"wrote {path}")
     return path
+
+
+def interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and its 95 % t-interval."""
+    from scipy import stats
+
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, mean, mean
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half

@@ -5,16 +5,22 @@ augmented views); each split (ingest's `split_groups` over the videos, salt = sp
 accuracy and wall time of:
 - `majority`: always the most frequent class of the split's train+val images (the floor);
 - `probe`: logistic regression on the clean train+val features (the frozen-feature ceiling of the issue);
+  `probe_train` the same on the train images alone (what the pipeline's frozen stage trains on: val picks);
 - `design`: the design's frozen stage on the cached features (head 512/256, dropout 0.5/0.3, Adam 1e-3,
   10 epochs, augmented:K views, best epoch by val loss, patience 3);
 - `tune_frozen`: the tune step's search (tune.run_worker on the split's train+val features, grouped by video),
-  then the frozen stage trained with its choice.
-Fine-tuning (tune=all) and scratch are not part of it (they need the images, not the features).
+  then the frozen stage trained with its choice;
+- `tune_all` (only when `--methods` names it: it fine-tunes, on the images): the real tune step with tune=all
+  on the split's examples (and a manifest grouping by video), then the real train_frozen and finetune stages
+  with its choices; the row is the fine-tuned model's test accuracy, `tune_all_frozen` the frozen model's.
+Scratch is in bench.train (`--stages scratch`).
 
     .venv/bin/python -m bench.tune --splits 12                      # MobileNetV2-0.35, 160 px, the shared weights
     .venv/bin/python -m bench.tune --splits 12 --alpha 1.0 --image-size 224 \
         --weights mobilenet_v2_imagenet.keras          # the original design's backbone (tlpipe weights import)
     .venv/bin/python -m bench.tune --splits 3 --trials 10 --image-size 96
+    .venv/bin/python -m bench.tune --splits 12 --trials 10 --methods majority,probe,tune_all --finetune-epochs 5 \
+        --finetune-trials 3 --space '{"feature_cache": {"choices": ["on", "flips"]}}'    # tune=all, ~6 min a split
 """
 
 from __future__ import annotations
@@ -31,11 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import print_table, write_json
-from bench.train import FISH_DIR, WEIGHTS, video_id
+from bench.common import interval, print_table, write_json
+from bench.train import FISH_DIR, WEIGHTS, test_accuracy, video_id, write_fish_examples
 
 DESIGN = dict(learning_rate=1e-3, dense_units=(512, 256), dropouts=(0.5, 0.3), epochs=10, feature_cache="augmented:4",
               augment=True)
+METHODS = ("majority", "probe", "probe_train", "design", "tune_frozen", "tune_all")
 
 
 def load_images(image_size: int) -> tuple[list[str], dict[str, dict]]:
@@ -102,23 +109,38 @@ def fit_head(recipe, views: np.ndarray, y: np.ndarray, val: tuple, test: tuple, 
     return float(head.evaluate(*test, verbose=0, return_dict=True)["accuracy"])
 
 
+def write_video_manifest(found: dict[str, dict], classes: list[str], dst: Path) -> Path:
+    """A `manifest` artifact whose only use here is the images' groups (sha256 -> video), as ingest writes it."""
+    from tlpipe.components.common import manifest
+
+    rows = [{"uri": f"fish/{sha}", "label": classes[info["label"]], "label_index": info["label"], "split": "",
+             "sha256": sha, "phash": "", "group": info["video"], "bytes": len(info["jpeg"]), "width": 0,
+             "height": 0, "format": "JPEG"} for sha, info in sorted(found.items())]
+    manifest.write(dst, {name: [r[name] for r in rows] for name, _ in manifest.COLUMNS}, classes)
+    return dst
+
+
+def tune_all(base, seed: int, args, manifest_dir: Path, work: Path) -> tuple[float, float, dict]:
+    """The pipeline's tune=all path on one split: (finetuned test accuracy, frozen test accuracy, tune's choice)."""
+    from tlpipe.components.train import core, tune
+    from tlpipe.components.train.params import TuneParams
+
+    ex = write_fish_examples(FISH_DIR, work / "examples", args.image_size, split_salt=str(seed))
+    train = replace(base, seed=seed, finetune_epochs=args.finetune_epochs)
+    params = TuneParams(tune="all", tune_trials=args.trials, tune_timeout_s=0, tune_space=args.space,
+                        tune_finetune_trials=args.finetune_trials, tune_finetune_timeout_s=0)
+    best = tune.tune(ex, work / "tuned", params, train, manifest_dir=manifest_dir, track=False)
+    core.train_frozen(ex, work / "frozen", train.tuned(best["train_params"]), track=False)
+    core.finetune(ex, work / "frozen", work / "finetune", train.tuned(best["finetune_params"]), track=False)
+    return test_accuracy(work / "finetune", ex), test_accuracy(work / "frozen", ex), best
+
+
 def views_of(cache: dict, mode: str, idx: np.ndarray) -> np.ndarray:
     if mode == "on":
         return cache["clean"][idx][None]
     if mode == "flips":
         return np.stack([cache["clean"][idx], cache["flip"][idx]])
     return cache["design"][: int(mode.split(":")[1]), idx]
-
-
-def interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and its 95 % t-interval."""
-    from scipy import stats
-
-    mean = statistics.mean(values)
-    if len(values) < 2:
-        return mean, mean, mean
-    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    return mean, mean - half, mean + half
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,8 +159,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=str(WEIGHTS))
     parser.add_argument("--trials", type=int, default=TuneParams.tune_trials)
     parser.add_argument("--views", type=int, default=4, help="augmented views per image (augmented:K)")
+    parser.add_argument("--methods", default="majority,probe,probe_train,design,tune_frozen",
+                        help=f"comma-separated subset of {','.join(METHODS)} (tune_all fine-tunes: slow)")
+    parser.add_argument("--space", default=TuneParams.tune_space, help="tune_space JSON of the searches")
+    parser.add_argument("--finetune-trials", type=int, default=TuneParams.tune_finetune_trials,
+                        help="tune_all: trials of the fine-tune search")
+    parser.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs,
+                        help="tune_all: epochs of a fine-tune trial (and of the stage) at most")
     parser.add_argument("--name", default="tune")
     args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    if not methods or set(methods) - set(METHODS):
+        parser.error(f"--methods: a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
 
     base = TrainParams(alpha=args.alpha, weights=args.weights, batch_size=32, early_stopping_patience=3)
@@ -153,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         videos[found[s]["video"]].append(i)
     runs, splits = defaultdict(list), []
     work = Path(tempfile.mkdtemp(prefix="bench-tune-"))
+    manifest_dir = write_video_manifest(found, classes, work / "manifest") if "tune_all" in methods else None
     for split in range(args.splits):
         assignment = split_groups({v: [classes[labels[i]] for i in idx] for v, idx in videos.items()},
                                   {"train": 0.7, "val": 0.15, "test": 0.15}, salt=str(42 + split))
@@ -161,38 +194,53 @@ def main(argv: list[str] | None = None) -> None:
         val, test = (cache["clean"][part["val"]], labels[part["val"]]), (cache["clean"][part["test"]], labels[part["test"]])
         pool = np.concatenate([part["train"], part["val"]])
         majority = int(np.bincount(labels[pool]).argmax())
-        runs["majority"].append((float(np.mean(labels[part["test"]] == majority)), 0.0))
-        t = time.perf_counter()
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(cache["clean"][pool], labels[pool])
-        runs["probe"].append((float(probe.score(*test)), time.perf_counter() - t))
-        t = time.perf_counter()
-        design = replace(base, seed=42 + split, **DESIGN)
-        runs["design"].append((fit_head(design, views_of(cache, design.feature_cache, part["train"]), labels[part["train"]],
-                                        val, test), time.perf_counter() - t))
-        t = time.perf_counter()
+        seed = 42 + split
+        info = {"images": {name: len(idx) for name, idx in part.items()},
+                "test_videos": sum(a == "test" for a in assignment.values()), "majority_class": classes[majority],
+                "test_largest_class_share": float(np.bincount(labels[part["test"]]).max() / len(part["test"]))}
+        if "majority" in methods:
+            runs["majority"].append((float(np.mean(labels[part["test"]] == majority)), 0.0))
+        for method, fitted in (("probe", pool), ("probe_train", part["train"])):
+            if method in methods:
+                t = time.perf_counter()
+                probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(
+                    cache["clean"][fitted], labels[fitted])
+                runs[method].append((float(probe.score(*test)), time.perf_counter() - t))
+        if "design" in methods:
+            t = time.perf_counter()
+            design = replace(base, seed=seed, **DESIGN)
+            runs["design"].append((fit_head(design, views_of(cache, design.feature_cache, part["train"]),
+                                            labels[part["train"]], val, test), time.perf_counter() - t))
         out = work / f"split{split}"
         out.mkdir()
-        params = TuneParams(tune_trials=args.trials, tune_timeout_s=0)
-        space = params.space()
-        np.savez(out / tune.FEATURES_FILE, clean=cache["clean"][pool], flip=cache["flip"][pool],
-                 design=cache["design"][:, pool], labels=labels[pool])
-        settings = {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(replace(base, seed=42 + split)))),
-                    "storage": str(out / "study.journal"), "study": tune.STUDY_NAME, "mlflow_parent_run_id": None,
-                    "experiment": "", "kfp_run_id": "local", "groups": [found[shas[i]]["video"] for i in pool]}
-        (out / tune.SETTINGS_FILE).write_text(json.dumps(settings))
-        chosen = tune.summarise(tune.run_worker(out, 0), replace(base, seed=42 + split), space, out)
-        recipe = replace(base, seed=42 + split, **{**chosen["train_params"], "dense_units": tuple(chosen["train_params"]["dense_units"]),
-                                                   "dropouts": tuple(chosen["train_params"]["dropouts"])})
-        runs["tune_frozen"].append((fit_head(recipe, views_of(cache, recipe.feature_cache, part["train"]),
-                                             labels[part["train"]], val, test), time.perf_counter() - t))
-        splits.append({"images": {name: len(idx) for name, idx in part.items()},
-                       "test_videos": sum(a == "test" for a in assignment.values()),
-                       "majority_class": classes[majority],
-                       "test_largest_class_share": float(np.bincount(labels[part["test"]]).max() / len(part["test"])),
-                       "tune_choice": chosen["train_params"],
-                       "tune_cv_accuracy": chosen["cv_accuracy"]})
-        logging.info("split %d: %s; tune chose %s", split, {k: round(v[-1][0], 3) for k, v in runs.items()},
-                     chosen["train_params"])
+        if "tune_frozen" in methods:
+            t = time.perf_counter()
+            params = TuneParams(tune_trials=args.trials, tune_timeout_s=0, tune_space=args.space)
+            space = params.space()
+            np.savez(out / tune.FEATURES_FILE, clean=cache["clean"][pool], flip=cache["flip"][pool],
+                     design=cache["design"][:, pool], labels=labels[pool])
+            settings = {"space": space, "tune": asdict(params),
+                        "train": json.loads(json.dumps(asdict(replace(base, seed=seed)))),
+                        "storage": str(out / "study.journal"), "study": tune.STUDY_NAME, "mlflow_parent_run_id": None,
+                        "experiment": "", "kfp_run_id": "local", "groups": [found[shas[i]]["video"] for i in pool]}
+            (out / tune.SETTINGS_FILE).write_text(json.dumps(settings))
+            chosen = tune.summarise(tune.run_worker(out, 0), replace(base, seed=seed), space, out)
+            recipe = replace(base, seed=seed).tuned(chosen["train_params"])
+            runs["tune_frozen"].append((fit_head(recipe, views_of(cache, recipe.feature_cache, part["train"]),
+                                                 labels[part["train"]], val, test), time.perf_counter() - t))
+            info.update(tune_choice=chosen["train_params"], tune_cv_accuracy=chosen["cv_accuracy"])
+        if "tune_all" in methods:
+            t = time.perf_counter()
+            finetuned, frozen, best = tune_all(base, seed, args, manifest_dir, out)
+            written = json.loads((out / "examples" / "schema.json").read_text())["num_examples"]
+            if written != info["images"]:  # the same video split as the other rows
+                raise RuntimeError(f"split {split}: the examples hold {written}, the other rows {info['images']}")
+            seconds = time.perf_counter() - t
+            runs["tune_all"].append((finetuned, seconds))
+            runs["tune_all_frozen"].append((frozen, seconds))
+            info.update(tune_all_line=best["line"], tune_all_finetune=best["finetune"])
+        splits.append(info)
+        logging.info("split %d: %s", split, {k: round(v[-1][0], 3) for k, v in runs.items()})
     rows = []
     for method, results in runs.items():
         mean, low, high = interval([acc for acc, _ in results])
