@@ -568,6 +568,7 @@ def _plots(study, out: Path, prefix: str = "") -> list[str]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ax = plot(study)
+            ax.set_title("", loc="left")  # Optuna's own titles, left or centred
             ax.set_title(f"{search}: {title}")
             ax.figure.savefig(out / name, dpi=80, bbox_inches="tight")
             plt.close(ax.figure)
