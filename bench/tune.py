@@ -7,7 +7,7 @@ accuracy and wall time of:
 - `probe`: logistic regression on the clean train+val features (the frozen-feature ceiling of the issue);
   `probe_train` the same on the train images alone (what the pipeline's frozen stage trains on: val picks);
 - `design`: the design's frozen stage on the cached features (head 512/256, dropout 0.5/0.3, Adam 1e-3,
-  10 epochs, augmented:K views, best epoch by val loss, patience 3);
+  10 epochs, augmented:K views, best epoch by val loss (`--monitor`), patience 3);
 - `tune_frozen`: the tune step's search (tune.run_worker on the split's train+val features, grouped by video),
   then the frozen stage trained with its choice;
 - `tune_all` (only when `--methods` names it: it fine-tunes, on the images): the real tune step with tune=all
@@ -81,12 +81,14 @@ def features_by_hash(found: dict[str, dict], classes: list[str], image_size: int
     return out
 
 
-def fit_head(recipe, views: np.ndarray, y: np.ndarray, val: tuple, test: tuple, patience: int = 3) -> float:
-    """The frozen stage on cached features (epoch e: view e mod V, best epoch by val loss): its test accuracy."""
+def fit_head(recipe, views: np.ndarray, y: np.ndarray, val: tuple, test: tuple) -> float:
+    """The frozen stage on cached features (epoch e: view e mod V, best epoch by the recipe's
+    early_stopping_monitor, stopped after early_stopping_patience epochs without a gain): its test accuracy."""
     import keras
 
     from tlpipe.components.train import trainer
     from tlpipe.components.train.model import build_head
+    from tlpipe.components.train.params import is_better
 
     keras.utils.set_random_seed(recipe.seed)
     classes = int(max(y.max(), val[1].max(), test[1].max())) + 1
@@ -94,16 +96,17 @@ def fit_head(recipe, views: np.ndarray, y: np.ndarray, val: tuple, test: tuple, 
     optimizer = (keras.optimizers.AdamW(recipe.learning_rate, weight_decay=recipe.weight_decay) if recipe.weight_decay
                  else keras.optimizers.Adam(recipe.learning_rate))
     head.compile(optimizer=optimizer, loss=trainer.smoothed_loss(classes, recipe.label_smoothing), metrics=["accuracy"])
-    best, weights, wait = np.inf, head.get_weights(), 0
+    best, weights, wait = None, head.get_weights(), 0
     for epoch in range(recipe.epochs):
         order = np.random.default_rng(recipe.seed * 1000 + epoch).permutation(len(y))
         head.fit(views[epoch % len(views)][order], y[order], batch_size=recipe.batch_size, verbose=0)
-        loss = head.evaluate(*val, verbose=0, return_dict=True)["loss"]
-        if loss < best:
-            best, weights, wait = loss, head.get_weights(), 0
+        scores = head.evaluate(*val, verbose=0, return_dict=True)
+        row = {"val_loss": scores["loss"], "val_accuracy": scores["accuracy"]}
+        if is_better(row, best, recipe.early_stopping_monitor):
+            best, weights, wait = row, head.get_weights(), 0
         else:
             wait += 1
-            if wait >= patience:
+            if 0 < recipe.early_stopping_patience <= wait:
                 break
     head.set_weights(weights)
     return float(head.evaluate(*test, verbose=0, return_dict=True)["accuracy"])
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from tlpipe.components.ingest.split import split_groups
     from tlpipe.components.train import tune
-    from tlpipe.components.train.params import TrainParams, TuneParams
+    from tlpipe.components.train.params import MONITORS, TrainParams, TuneParams
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--splits", type=int, default=12)
@@ -162,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default="majority,probe,probe_train,design,tune_frozen",
                         help=f"comma-separated subset of {','.join(METHODS)} (tune_all fine-tunes: slow)")
     parser.add_argument("--space", default=TuneParams.tune_space, help="tune_space JSON of the searches")
+    parser.add_argument("--monitor", default=TrainParams.early_stopping_monitor, choices=MONITORS,
+                        help="early_stopping_monitor of the trained stages (not of the search's trials)")
     parser.add_argument("--finetune-trials", type=int, default=TuneParams.tune_finetune_trials,
                         help="tune_all: trials of the fine-tune search")
     parser.add_argument("--finetune-epochs", type=int, default=TrainParams.finetune_epochs,
@@ -173,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--methods: a comma-separated subset of {','.join(METHODS)}, got {args.methods!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
 
-    base = TrainParams(alpha=args.alpha, weights=args.weights, batch_size=32, early_stopping_patience=3)
+    base = TrainParams(alpha=args.alpha, weights=args.weights, batch_size=32, early_stopping_patience=3,
+                       early_stopping_monitor=args.monitor)
     tic = time.perf_counter()
     classes, found = load_images(args.image_size)
     cache = features_by_hash(found, classes, args.image_size, args.views, base)
