@@ -32,7 +32,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -225,10 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             space = params.space()
             np.savez(out / tune.FEATURES_FILE, clean=cache["clean"][pool], flip=cache["flip"][pool],
                      design=cache["design"][:, pool], labels=labels[pool])
-            settings = {"space": space, "tune": asdict(params),
-                        "train": json.loads(json.dumps(asdict(replace(base, seed=seed)))),
-                        "storage": str(out / "study.journal"), "study": tune.STUDY_NAME, "mlflow_parent_run_id": None,
-                        "experiment": "", "kfp_run_id": "local", "groups": [found[shas[i]]["video"] for i in pool]}
+            settings = tune.worker_settings(out, params, replace(base, seed=seed), space,
+                                            [found[shas[i]]["video"] for i in pool])
             (out / tune.SETTINGS_FILE).write_text(json.dumps(settings))
             chosen = tune.summarise(tune.run_worker(out, 0), replace(base, seed=seed), space, out)
             recipe = replace(base, seed=seed).tuned(chosen["train_params"])

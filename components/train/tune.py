@@ -77,10 +77,7 @@ def tune(examples_dir, out_dir, params: TuneParams | None = None, train: TrainPa
             cached = cache_features(examples_dir, out, train, space, manifest_dir)
             parent = (mlflow_utils.parent_run_id(kfp_run_id, experiment) if mlflow_utils.in_pipeline(kfp_run_id)
                       else run.info.run_id) if run is not None else None
-            settings = {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(train))),
-                        "storage": params.tune_storage or str(out / artifact.JOURNAL_FILE), "study": STUDY_NAME,
-                        "mlflow_parent_run_id": parent, "experiment": experiment, "kfp_run_id": kfp_run_id,
-                        "groups": cached["groups"]}
+            settings = worker_settings(out, params, train, space, cached["groups"], parent, experiment, kfp_run_id)
             best = summarise(_run_study(out, settings, params.tune_workers), train, space, out)
             best.update(num_images=len(cached["groups"]), num_groups=len(set(cached["groups"])),
                         extract_seconds=cached["seconds"])
@@ -189,24 +186,50 @@ def _choices(entry) -> list:
 
 
 # ----- the study -----------------------------------------------------------------------------------
+def worker_settings(out: Path, params: TuneParams, train: TrainParams, space: dict, groups: list[str],
+                    parent: str | None = None, experiment: str = DEFAULT_EXPERIMENT, kfp_run_id: str = "local") -> dict:
+    """What every worker of the frozen study reads (SETTINGS_FILE): the space, the parameters, the storage,
+    the images' groups and the MLflow run the trials nest under."""
+    return {"space": space, "tune": asdict(params), "train": json.loads(json.dumps(asdict(train))),
+            "storage": params.tune_storage or str(out / artifact.JOURNAL_FILE), "study": STUDY_NAME,
+            "mlflow_parent_run_id": parent, "experiment": experiment, "kfp_run_id": kfp_run_id, "groups": groups}
+
+
 def _run_study(out: Path, settings: dict, workers: int):
     """Run a study's workers (this process and `workers` - 1 others) on `settings`; returns the study."""
     (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=1))
+    open_study(settings, 0)  # the storage's tables and the study exist before the other workers race to make them
     others = [subprocess.Popen([sys.executable, "-m", "tlpipe.components.train.tune", str(out), str(w)])
               for w in range(1, workers)]
     study = run_worker(out, 0)
     failed = [p.wait() for p in others]
     if any(failed):
-        log.warning("tune: %d worker process(es) failed; their trials are marked failed", sum(map(bool, failed)))
+        log.warning("tune: %d worker process(es) failed", sum(map(bool, failed)))
+    fail_abandoned_trials(study)
     (out / SETTINGS_FILE).unlink()  # the workers' input: not part of the artifact
     return study
+
+
+def fail_abandoned_trials(study) -> int:
+    """Mark failed the trials still running once every worker has stopped (those of a killed worker), so that
+    the study's counts, plots and a resumed search see them as failed; returns how many."""
+    import optuna
+
+    abandoned = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in abandoned:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    if abandoned:
+        log.warning("tune: trial(s) %s of a stopped worker marked failed", abandoned)
+    return len(abandoned)
 
 
 def open_study(settings: dict, worker: int):
     import optuna
 
     storage = settings["storage"]
-    if "://" not in storage:
+    if "://" in storage:  # an RDB: a trial whose worker stops beating for 2 minutes is failed by the others
+        storage = optuna.storages.RDBStorage(storage, heartbeat_interval=30, grace_period=120)
+    else:
         from optuna.storages.journal import JournalFileBackend
 
         storage = optuna.storages.JournalStorage(JournalFileBackend(storage))
@@ -302,6 +325,7 @@ def objective(trial, cached: dict, folds, settings: dict, worker: int) -> float:
     candidate = recipe(chosen, p["tune_max_epochs"], train)
     views, labels, clean = train_views(cached, candidate.feature_cache), cached["labels"], cached["clean"]
     classes = int(labels.max()) + 1
+    trial.set_user_attr("worker", worker)
     run = _trial_run(settings, trial, chosen)
     scores, epochs, status = [], [], "FAILED"
     try:
@@ -329,7 +353,6 @@ def objective(trial, cached: dict, folds, settings: dict, worker: int) -> float:
         value = float(np.mean(scores))
         trial.set_user_attr("epochs", int(round(float(np.mean(epochs)))))
         trial.set_user_attr("fold_accuracies", scores)
-        trial.set_user_attr("worker", worker)
         status = "FINISHED"
         return value
     finally:
@@ -463,6 +486,7 @@ def finetune_objective(trial, out: Path, settings: dict, worker: int) -> float:
 
     chosen = sample(trial, settings["space"])
     candidate = finetune_recipe(chosen, train_params(settings))
+    trial.set_user_attr("worker", worker)
     run = _trial_run(settings, trial, chosen)
     status, trial_dir = "FAILED", out / "finetune_trials" / f"trial-{trial.number}-worker-{worker}"
 
@@ -477,7 +501,6 @@ def finetune_objective(trial, out: Path, settings: dict, worker: int) -> float:
                                on_epoch=report)
         trial.set_user_attr("epochs", max(1, result.best_epoch + 1))
         trial.set_user_attr("improved_on_start", result.best_epoch >= 0)
-        trial.set_user_attr("worker", worker)
         status = "FINISHED"
         return result.val_accuracy
     except optuna.TrialPruned:

@@ -106,6 +106,42 @@ def test_two_worker_processes_share_one_study(synthetic_examples, tiny_backbone,
     assert best["trials"]["complete"] + best["trials"]["pruned"] == len(trials)
 
 
+def test_a_killed_worker_s_trial_is_marked_failed_and_the_study_goes_on(synthetic_examples, tiny_backbone, tmp_path):
+    """Worker 1 (a real process, an SQLite study) is killed with SIGKILL inside its first trial; worker 0 then
+    runs the study to its 6 trials, and the killed worker's trial ends failed, not running for ever."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+
+    params = TuneParams(**{**SMALL, "tune_storage": f"sqlite:///{tmp_path / 'study.db'}"})
+    train = train_params(tiny_backbone)
+    space = params.space()
+    cached = tune.cache_features(synthetic_examples, tmp_path, train, space)
+    settings = tune.worker_settings(tmp_path, params, train, space, cached["groups"])
+    (tmp_path / tune.SETTINGS_FILE).write_text(json.dumps(settings))
+    study = tune.open_study(settings, 0)  # as _run_study does: the tables exist before worker 1 starts
+    worker = subprocess.Popen([sys.executable, "-m", "tlpipe.components.train.tune", str(tmp_path), "1"])
+    deadline = time.monotonic() + 120
+    while not [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if "worker" in t.user_attrs]:
+        assert worker.poll() is None and time.monotonic() < deadline, "worker 1 started no trial"
+        time.sleep(0.05)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+
+    study = tune.run_worker(tmp_path, 0)
+    assert tune.fail_abandoned_trials(study) == 1
+    states = [t.state for t in study.trials]
+    assert len(states) == 6 and states[0] == optuna.trial.TrialState.FAIL
+    assert study.trials[0].user_attrs["worker"] == 1
+    assert {t.user_attrs["worker"] for t in study.trials[1:]} == {0}
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 5
+    assert tune.summarise(study, train, space, tmp_path)["trials"]["fail"] == 1
+
+
 def test_folds_keep_each_group_on_one_side():
     labels = np.array([0, 1, 2] * 8)
     groups = [f"video-{i // 2}" for i in range(24)]  # two images per video
