@@ -12,8 +12,10 @@ accuracy and wall time of:
   then the frozen stage trained with its choice;
 - `tune_all` (only when `--methods` names it: it fine-tunes, on the images): the real tune step with tune=all
   on the split's examples (and a manifest grouping by video), then the real train_frozen and finetune stages
-  with its choices; the row is the fine-tuned model's test accuracy, `tune_all_frozen` the frozen model's.
-Scratch is in bench.train (`--stages scratch`).
+  with its choices; the row is the fine-tuned model's test accuracy, `tune_all_frozen` the frozen model's;
+- `scratch` (only when `--methods` names it): the real train_scratch stage at the design's settings (10 epochs,
+  augmentation, Adam 1e-3) on the split's examples (bench.train `--stages scratch` measures it too).
+All of them in one command: `--methods majority,probe,probe_train,design,tune_frozen,tune_all,scratch`.
 
     .venv/bin/python -m bench.tune --splits 12                      # MobileNetV2-0.35, 160 px, the shared weights
     .venv/bin/python -m bench.tune --splits 12 --alpha 1.0 --image-size 224 \
@@ -42,7 +44,7 @@ from bench.train import FISH_DIR, WEIGHTS, test_accuracy, video_id, write_fish_e
 
 DESIGN = dict(learning_rate=1e-3, dense_units=(512, 256), dropouts=(0.5, 0.3), epochs=10, feature_cache="augmented:4",
               augment=True)
-METHODS = ("majority", "probe", "probe_train", "design", "tune_frozen", "tune_all")
+METHODS = ("majority", "probe", "probe_train", "design", "tune_frozen", "tune_all", "scratch")
 
 
 def load_images(image_size: int) -> tuple[list[str], dict[str, dict]]:
@@ -123,12 +125,11 @@ def write_video_manifest(found: dict[str, dict], classes: list[str], dst: Path) 
     return dst
 
 
-def tune_all(base, seed: int, args, manifest_dir: Path, work: Path) -> tuple[float, float, dict]:
+def tune_all(ex: Path, base, seed: int, args, manifest_dir: Path, work: Path) -> tuple[float, float, dict]:
     """The pipeline's tune=all path on one split: (finetuned test accuracy, frozen test accuracy, tune's choice)."""
     from tlpipe.components.train import core, tune
     from tlpipe.components.train.params import TuneParams
 
-    ex = write_fish_examples(FISH_DIR, work / "examples", args.image_size, split_salt=str(seed))
     train = replace(base, seed=seed, finetune_epochs=args.finetune_epochs)
     params = TuneParams(tune="all", tune_trials=args.trials, tune_timeout_s=0, tune_space=args.space,
                         tune_finetune_trials=args.finetune_trials, tune_finetune_timeout_s=0)
@@ -233,12 +234,20 @@ def main(argv: list[str] | None = None) -> None:
             runs["tune_frozen"].append((fit_head(recipe, views_of(cache, recipe.feature_cache, part["train"]),
                                                  labels[part["train"]], val, test), time.perf_counter() - t))
             info.update(tune_choice=chosen["train_params"], tune_cv_accuracy=chosen["cv_accuracy"])
-        if "tune_all" in methods:
-            t = time.perf_counter()
-            finetuned, frozen, best = tune_all(base, seed, args, manifest_dir, out)
-            written = json.loads((out / "examples" / "schema.json").read_text())["num_examples"]
+        if {"tune_all", "scratch"} & set(methods):  # these train on the images: the split as an examples artifact
+            ex = write_fish_examples(FISH_DIR, out / "examples", args.image_size, split_salt=str(seed))
+            written = json.loads((ex / "schema.json").read_text())["num_examples"]
             if written != info["images"]:  # the same video split as the other rows
                 raise RuntimeError(f"split {split}: the examples hold {written}, the other rows {info['images']}")
+        if "scratch" in methods:
+            from tlpipe.components.train import core
+
+            t = time.perf_counter()
+            core.train_scratch(ex, out / "scratch", replace(base, seed=seed), track=False)
+            runs["scratch"].append((test_accuracy(out / "scratch", ex), time.perf_counter() - t))
+        if "tune_all" in methods:
+            t = time.perf_counter()
+            finetuned, frozen, best = tune_all(ex, base, seed, args, manifest_dir, out)
             seconds = time.perf_counter() - t
             runs["tune_all"].append((finetuned, seconds))
             runs["tune_all_frozen"].append((frozen, seconds))
