@@ -18,7 +18,8 @@ def tune_op(examples: Input[Dataset], manifest: Input[Dataset], tune_result: Out
             tune_trials: int = 20, tune_timeout_s: float = 90.0, tune_space: str = "",
             tune_finetune_trials: int = 4, tune_finetune_timeout_s: float = 900.0, finetune_epochs: int = 10,
             finetune_learning_rate: float = 1e-5, unfreeze_layers: int = 50, early_stopping_patience: int = 3,
-            early_stopping_monitor: str = "val_loss", use_class_weights: bool = False, experiment: str = "fish-classification", kfp_run_id: str = "local",
+            early_stopping_monitor: str = "val_loss", use_class_weights: bool = False,
+            experiment: str = "fish-classification", kfp_run_id: str = "local",
             dense_units: list = [512, 256], dropouts: list = [0.5, 0.3]) -> str:  # noqa: B006 - KFP defaults
     """Choose the frozen stage's recipe (Optuna, grouped cross-validation on cached train+val features).
 

@@ -73,9 +73,7 @@ def parent_params(stage: str, p: TrainParams) -> dict:
     params = {"batch_size": p.batch_size, "seed": p.seed, "early_stopping_patience": p.early_stopping_patience,
               "early_stopping_monitor": p.early_stopping_monitor, "use_class_weights": p.use_class_weights}
     if stage == "finetune":
-        own = {"augment": p.augment, "finetune_epochs": p.finetune_epochs,
-               "finetune_learning_rate": p.finetune_learning_rate, "unfreeze_layers": p.unfreeze_layers}
-        return params | {k: v for k, v in own.items() if k not in p.extra.get("tuned", ())}
+        return params | {n: getattr(p, n) for n in FINETUNE_TUNED if n not in p.extra.get("tuned", ())}
     params |= {"backbone": p.backbone, "alpha": p.alpha}
     if stage == "train_frozen":
         return params | {"weights": _weights_label(p.weights, stage)}

@@ -435,8 +435,7 @@ def finetune_search(examples_dir, out: Path, params: TuneParams, train: TrainPar
              len(fold[0]), len(fold[1]))
     start = core.train_frozen(fold_dir, out / FOLD_FROZEN_MODEL, train.tuned(frozen["train_params"]), track=False)
     space = params.finetune_space()
-    given = {"unfreeze_layers": train.unfreeze_layers, "finetune_learning_rate": train.finetune_learning_rate,
-             "augment": train.augment}
+    given = {name: getattr(train, name) for name in space}
     study = _run_study(out, {**settings, "space": space, "study": FINETUNE_STUDY_NAME,
                              "first_trial": within(space, given)}, params.tune_workers)
     for name in (FOLD_EXAMPLES, FOLD_FROZEN_MODEL, "finetune_trials"):  # the trials' inputs: not the artifact
@@ -525,9 +524,9 @@ def summarise_finetune(study, train: TrainParams, space: dict, start_val_accurac
         raise ValueError(f"tune: no fine-tune trial completed ({counts}); raise tune_finetune_trials or "
                          "tune_finetune_timeout_s")
     best = study.best_trial
-    chosen = finetune_recipe({**{k: v for k, v in space.items() if not isinstance(v, dict)}, **best.params}, train)
-    finetune_params = {"unfreeze_layers": chosen.unfreeze_layers, "finetune_learning_rate": chosen.finetune_learning_rate,
-                       "augment": chosen.augment, "finetune_epochs": best.user_attrs["epochs"]}
+    chosen = replace(finetune_recipe({**{k: v for k, v in space.items() if not isinstance(v, dict)}, **best.params},
+                                     train), finetune_epochs=best.user_attrs["epochs"])
+    finetune_params = {name: getattr(chosen, name) for name in tracking.FINETUNE_TUNED}
     improved = best.user_attrs["improved_on_start"]
     line = (f"fine-tune: trial {best.number} of {len(study.trials)} ({counts['complete']} complete, "
             f"{counts['pruned']} pruned) chose {shown(finetune_params)}: val accuracy {best.value:.3f} on one "
